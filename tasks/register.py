@@ -1,0 +1,143 @@
+"""register: log the pyfunc (raw rows in, preprocessing inside) to the training run, check it
+predicts, register it as a new version with alias `challenger` (and `champion` if none exists),
+and tag the version with its lineage."""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from data2model import tracking
+from data2model.errors import D2MError
+from data2model.lineage import lineage_tags
+from data2model.params import Params
+from data2model.preprocess import Preprocessor, as_utc_naive
+from data2model.scoring import load_scorer
+from data2model.stage import main
+from data2model.tables import read_json, read_table, write_json
+
+log = logging.getLogger("data2model.register")
+CHAMPION, CHALLENGER = "champion", "challenger"
+EXAMPLE_ROWS = 5
+_RUNTIME = {"xgboost": ["xgboost"], "torch": ["torch"]}
+
+
+def requirements(framework: str) -> list[str]:
+    """Pinned to what trained the model; passing them skips MLflow's slow inference."""
+    names = ["mlflow", "numpy", "pandas", "pyarrow", "pydantic", "pyyaml", *_RUNTIME[framework]]
+    return [f"{n}=={metadata.version(n)}" for n in names]
+
+
+def _client_type(raw: pa.Table, name: str) -> pa.DataType:
+    """How a column reaches the model from a client: MLflow's datetime is zone-naive UTC, and an
+    integer column that can be missing arrives as double (NaN)."""
+    t = raw.schema.field(name).type
+    if pa.types.is_timestamp(t):
+        return pa.timestamp("us")
+    if pa.types.is_integer(t) and raw[name].null_count:
+        return pa.float64()
+    return t
+
+
+def input_schema(raw: pa.Table):
+    """The raw columns the model takes; optional where the training data had nulls."""
+    from mlflow.types import ColSpec, Schema
+
+    def kind(t: pa.DataType) -> str:
+        if pa.types.is_timestamp(t):
+            return "datetime"
+        if pa.types.is_boolean(t):
+            return "boolean"
+        if pa.types.is_integer(t):
+            return "long"
+        return "double" if pa.types.is_floating(t) else "string"
+
+    return Schema([ColSpec(kind(_client_type(raw, n)), n, required=raw[n].null_count == 0) for n in raw.column_names])
+
+
+def input_example(raw: pa.Table) -> pd.DataFrame:
+    head = raw.slice(0, EXAMPLE_ROWS)
+    for i, name in enumerate(head.column_names):
+        values = as_utc_naive(head[name], name) if pa.types.is_timestamp(head.schema.field(name).type) else head[name]
+        head = head.set_column(i, name, values.cast(_client_type(raw, name)))
+    return head.to_pandas()
+
+
+def choose_aliases(has_champion: bool) -> list[str]:
+    return [CHALLENGER] if has_champion else [CHALLENGER, CHAMPION]
+
+
+def check_round_trip(expected: pd.DataFrame, served: pd.DataFrame) -> None:
+    """The logged model must give the in-process predictions on its input example."""
+    if list(served.columns) != list(expected.columns) or len(served) != len(expected):
+        raise D2MError(f"the logged model answered columns {list(served.columns)} for {len(served)} rows, expected {list(expected.columns)}")
+    for col in expected.columns:
+        a, b = expected[col].to_numpy(), served[col].to_numpy()
+        same = np.allclose(a, b, rtol=1e-5, equal_nan=True) if np.issubdtype(a.dtype, np.number) else (a == b).all()
+        if not same:
+            raise D2MError(f"the logged model's {col} differs from in-process predictions: {b[:3]} vs {a[:3]}")
+
+
+def run(params: Params) -> dict[str, Any]:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import ModelSignature
+    from mlflow.types.utils import _infer_schema
+
+    import data2model
+    from data2model import served_model
+    from data2model.served_model import predictions_frame
+
+    pre = Preprocessor.load(params.paths.preprocessor)
+    scorer = load_scorer(params.paths.model_dir)
+    raw = read_table(params.paths.raw, columns=list(pre.input_columns))
+    example = input_example(raw)
+    threshold = params.evaluate.threshold
+    expected = predictions_frame(scorer.predict(pre.transform(pa.Table.from_pandas(example, preserve_index=False))), pre, threshold)
+    name = params.register.model_name
+    tracking.configure(params)
+    with tracking.resume_run(read_json(params.paths.train_report)["run_id"]) as active:
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=served_model.__file__,
+            artifacts={"preprocessor": params.paths.preprocessor, "model": params.paths.model_dir},
+            model_config={"threshold": threshold},
+            code_paths=[str(Path(data2model.__file__).parent)],
+            pip_requirements=requirements(scorer.meta["framework"]),
+            signature=ModelSignature(inputs=input_schema(raw), outputs=_infer_schema(expected)),
+            input_example=example,
+        )
+        check_round_trip(expected, mlflow.pyfunc.load_model(info.model_uri).predict(example))
+        run_id = active.info.run_id
+    client = mlflow.MlflowClient()
+    version = mlflow.register_model(info.model_uri, name).version
+    try:
+        has_champion = client.get_model_version_by_alias(name, CHAMPION) is not None
+    except MlflowException:
+        has_champion = False
+    tags = {
+        **lineage_tags(".", params.paths.raw),
+        "mlflow_run_id": run_id,
+        "params": json.dumps(params.as_dict(), sort_keys=True),
+        "holdout_metrics": json.dumps(read_json(params.paths.metrics), sort_keys=True),
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+    aliases = choose_aliases(has_champion)
+    for alias in aliases:
+        client.set_registered_model_alias(name, alias, version)
+    summary = {"model_name": name, "version": int(version), "aliases": aliases, "run_id": run_id, "model_uri": f"models:/{name}/{version}"}
+    write_json(summary, params.paths.registration)
+    log.info("registered %s version %s with alias(es) %s", name, version, ", ".join(aliases))
+    return summary
+
+
+if __name__ == "__main__":
+    main(run)

@@ -1,0 +1,67 @@
+"""train: distributed training on Ray Train (XGBoost or a PyTorch MLP), tracked in MLflow.
+
+The MLflow run opened here is the one evaluate and register add to; its id is in
+`paths.train_report`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from data2model import tracking
+from data2model.lineage import lineage_tags
+from data2model.params import Params
+from data2model.preprocess import Preprocessor
+from data2model.stage import main
+from data2model.tables import atomic_dir, write_json
+from data2model.trainers import TrainJob, fit
+
+log = logging.getLogger("data2model.train")
+
+
+def run(params: Params) -> dict[str, Any]:
+    import mlflow
+
+    pre = Preprocessor.load(params.paths.preprocessor)
+    experiment_id = tracking.configure(params)
+    loggable = {k: v for k, v in tracking.flatten(params.as_dict()).items() if not k.startswith("paths.")}
+    with mlflow.start_run(experiment_id=experiment_id) as active, atomic_dir(params.paths.model_dir) as model_dir:
+        mlflow.log_params(loggable)
+        mlflow.set_tags({**lineage_tags(".", params.paths.raw), "framework": params.train.framework, "task": pre.task})
+        job = TrainJob(
+            train_path=Path(params.paths.split("train")),
+            valid_path=Path(params.paths.split("valid")),
+            preprocessor=pre,
+            params=params.train,
+            model_dir=model_dir,
+            storage_path=Path(params.train.storage_path),
+            tracking_uri=mlflow.get_tracking_uri(),
+            run_id=active.info.run_id,
+            name=f"train-{active.info.run_id}",
+        )
+        outcome = fit(job)
+        rows_per_s = outcome.rows * max(outcome.best_iteration + 1, 1) / outcome.seconds
+        mlflow.log_metrics({
+            f"best_{outcome.metric}": outcome.best_score,
+            "best_iteration": outcome.best_iteration,
+            "train_seconds": outcome.seconds,
+            "train_rows": outcome.rows,
+            **{k: v for k, v in outcome.extra.items() if isinstance(v, (int, float))},
+        })
+    report = {
+        "run_id": active.info.run_id,
+        "framework": params.train.framework,
+        "best_iteration": outcome.best_iteration,
+        f"best_{outcome.metric}": round(outcome.best_score, 6),
+        "train_rows": outcome.rows,
+        "train_seconds": round(outcome.seconds, 2),
+        "row_iterations_per_s": round(rows_per_s),
+    }
+    write_json(report, params.paths.train_report)
+    return report
+
+
+if __name__ == "__main__":
+    main(run)
