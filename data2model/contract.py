@@ -238,7 +238,7 @@ def _message(kind: str, kwargs: dict[str, Any], result: dict[str, Any], observed
     return f"failed, observed {observed}"
 
 
-def summary(failed: list[dict[str, Any]], docs: str) -> str:
+def failure_summary(failed: list[dict[str, Any]], docs: str) -> str:
     """The human report of a blocked batch: one line per failed check, then where the docs are."""
     lines = [f"data contract failed ({len(failed)} checks):"]
     for f in failed:

@@ -242,3 +242,33 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
             node = child
         node[leaf] = value
     return out
+
+
+def write_overrides(overrides: dict[str, Any], root: Path | str = ".") -> list[str]:
+    """Validate `overrides` against the model, then set them in params.yaml keeping its comments.
+
+    Returns one line per changed key; nothing is written when an override does not validate.
+    """
+    from ruamel.yaml import YAML
+
+    from data2model.tables import atomic_path
+
+    path = Path(root) / PARAMS_FILE
+    raw = read_raw(path)
+    parse_params(apply_overrides(raw, overrides), f"{path} with overrides")
+    yaml_rt = YAML()
+    yaml_rt.preserve_quotes = True
+    doc = yaml_rt.load(path.read_text())
+    changes = []
+    for dotted, value in overrides.items():
+        node = doc
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        if node.get(leaf) != value:
+            changes.append(f"{dotted}: {node.get(leaf)!r} -> {value!r}")
+            node[leaf] = value
+    if changes:
+        with atomic_path(path) as tmp, tmp.open("w") as stream:
+            yaml_rt.dump(doc, stream)
+    return changes

@@ -59,7 +59,11 @@ def join_flights(flights: pa.Table, weather: pa.Table, planes: pa.Table) -> pa.T
 
 def _read_csv(source: Any, name: str) -> pa.Table:
     try:
-        return pacsv.read_csv(source, read_options=pacsv.ReadOptions(block_size=1 << 24))
+        return pacsv.read_csv(
+            source,
+            read_options=pacsv.ReadOptions(block_size=1 << 24),
+            convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
+        )
     except (pa.ArrowInvalid, UnicodeDecodeError) as err:
         raise DataError(f"{name} is not a readable CSV: {err}") from None
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from data2model.contract import describe_failure, expectations, profile, summary, to_pandas
+from data2model.contract import describe_failure, expectations, failure_summary, profile, to_pandas
 from data2model.errors import DataError, ValidationFailed
 from data2model.params import Params, Validate
 from data2model.stage import main
@@ -47,7 +47,7 @@ class ValidationReport:
         }
 
     def summary(self) -> str:
-        return summary(self.failed, self.page or self.data_docs)
+        return failure_summary(self.failed, self.page or self.data_docs)
 
 
 def _context(data_docs_dir: Path) -> Any:
@@ -95,7 +95,7 @@ def validate_table(table: pa.Table, contract: dict[str, Any], declared: Validate
         )
     )
     outcome = checkpoint.run(batch_parameters={"dataframe": to_pandas(table)})
-    (key, result), = outcome.run_results.items()
+    [(key, result)] = outcome.run_results.items()
     position = {e.id: i for i, e in enumerate(suite.expectations)}
     failed = [
         describe_failure(r.expectation_config.type, r.expectation_config.kwargs, r.result, r.exception_info)

@@ -1,0 +1,77 @@
+"""`d2m`: run the pipeline flow and report what it produced.
+
+Exit codes: 0 success, 1 the pipeline stopped on a problem it explains, 2 bad usage or params.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from data2model.errors import D2MError, ParamsError
+from data2model.params import load_params, parse_override
+
+PREFECT_DEFAULTS = {
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "data2model",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+}
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides = dict(parse_override(text) for text in args.set)
+    load_params()  # a broken params.yaml fails here, before Prefect or any stage starts
+    for key, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    from flows.pipeline import pipeline, shutdown_ray
+    from data2model.status import describe
+
+    start = time.perf_counter()
+    try:
+        status = pipeline(overrides=overrides)
+    finally:
+        shutdown_ray()
+    print(f"\npipeline finished in {time.perf_counter() - start:.1f} s\n{describe(status)}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from data2model.status import describe, pipeline_status
+
+    status = pipeline_status(load_params())
+    print(json.dumps(status, indent=2) if args.json else describe(status))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="d2m", description="data2model: raw data to a served model, reproducibly (run from the project root).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the pipeline (a Prefect flow over the dvc.yaml DAG)", description="Run every stage DVC finds out of date, as a Prefect flow, then print metrics and the registered version.")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a params.yaml key (dotted, YAML value), e.g. --set train.xgboost.max_depth=6; written into params.yaml; repeatable")
+    run.set_defaults(func=_run)
+    status = sub.add_parser("status", help="model name, tracking URI, champion version, latest metrics, data version")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except D2MError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""The Prefect flow: one task per dvc.yaml stage, in DAG order, each skipped when DVC says it is
+up to date. The DAG is read from dvc.yaml, never restated here, so a flow run and `dvc repro`
+leave the same dvc.lock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from data2model.dag import StageResult, run_stage, stage_order
+from data2model.errors import D2MError
+from data2model.params import load_params, write_overrides
+from data2model.status import pipeline_status
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry infrastructure hiccups, never a user error (bad data or params fail the same way twice)."""
+    try:
+        state.result()
+    except D2MError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=_transient)
+def stage_task(name: str) -> StageResult:
+    logger = get_run_logger()
+    result = run_stage(name)
+    logger.info("%s: %s", name, "ran" if result.ran else "up to date, skipped")
+    return result
+
+
+def _push_data() -> None:
+    """Store this data version in the DVC remote, when one is configured."""
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        if repo.config["core"].get("remote"):
+            repo.push()
+
+
+def _summary_markdown(status: dict[str, Any], results: list[StageResult]) -> str:
+    stages = " -> ".join(f"{r.name}{'' if r.ran else ' (up to date)'}" for r in results)
+    metrics = status["metrics"] or {}
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, float))
+    reg = status["registered"] or {}
+    return (
+        f"# data2model run\n\nStages: {stages}\n\n"
+        f"## Holdout metrics\n\n| metric | value |\n|---|---|\n{rows}\n\n"
+        f"## Model\n\n`{status['model_name']}` version {reg.get('version', '-')} "
+        f"({', '.join(reg.get('aliases', [])) or 'not registered'}); champion: {status['champion_version']}\n\n"
+        f"Data version (raw md5): `{status['data_version']}`  \n"
+        f"MLflow: `{status['mlflow_ui']}`  \nData Docs: `{status['data_docs']}`\n"
+    )
+
+
+@flow(name="data2model-pipeline", log_prints=True)
+def pipeline(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the DVC DAG on params.yaml (with `overrides`, dotted keys, written into params.yaml)."""
+    logger = get_run_logger()
+    if overrides:
+        for change in write_overrides(overrides):
+            logger.info("params.yaml %s", change)
+    params = load_params()
+    results = [stage_task.with_options(task_run_name=name)(name) for name in stage_order()]
+    _push_data()
+    status = pipeline_status(params)
+    create_markdown_artifact(_summary_markdown(status, results), key="data2model-run", description="metrics, model version, where to look")
+    return status
+
+
+def shutdown_ray() -> None:
+    """The train stage started Ray in this process; stop it so the process can exit cleanly."""
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+

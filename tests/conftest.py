@@ -1,0 +1,62 @@
+"""Shared fixtures: a throw-away copy of the project with git and DVC, and an environment that
+keeps every store (MLflow, Prefect, Ray) inside it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def project_files() -> list[str]:
+    """What a clone holds: tracked files plus new files git does not ignore."""
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout
+    return [line for line in out.splitlines() if (ROOT / line).is_file()]
+
+
+def isolated_env(workdir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "RAY_"))}
+    env |= {
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        "PREFECT_HOME": str(workdir / ".prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "GIT_AUTHOR_NAME": "d2m test", "GIT_AUTHOR_EMAIL": "test@data2model.invalid",
+        "GIT_COMMITTER_NAME": "d2m test", "GIT_COMMITTER_EMAIL": "test@data2model.invalid",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return env
+
+
+def make_project_copy(dest: Path) -> Path:
+    """Copy the project as a clone would have it, then commit it in a fresh git repo."""
+    for rel in project_files():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, target)
+    env = isolated_env(dest)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dest, env=env, check=True)
+    return dest
+
+
+def sh(cmd: list[str], cwd: Path, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command the way a user would, with output kept for the assertion message."""
+    proc = subprocess.run(cmd, cwd=cwd, env=isolated_env(cwd), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return make_project_copy(tmp_path / "project")

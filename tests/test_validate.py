@@ -1,0 +1,256 @@
+"""The validate stage on tiny in-memory tables: each way a batch can break the contract."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from data2model.contract import describe_failure, profile
+from data2model.errors import ValidationFailed
+from data2model.params import Params, Paths, Validate, load_params
+from data2model.tables import write_json, write_table
+from tasks.validate import ValidationReport, run, validate_table
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = 20
+TARGET = "arr_delay"
+
+
+def good_table() -> pa.Table:
+    start = dt.datetime(2013, 1, 1, 5, tzinfo=dt.timezone.utc)
+    return pa.table(
+        {
+            "id": pa.array(range(ROWS), pa.int64()),
+            "month": pa.array([1 + i % 12 for i in range(ROWS)], pa.int64()),
+            "origin": pa.array([["EWR", "JFK", "LGA"][i % 3] for i in range(ROWS)]),
+            "carrier": pa.array([["AA", "B6", "UA", "DL"][i % 4] for i in range(ROWS)]),
+            "distance": pa.array([100 + 50 * i for i in range(ROWS)], pa.int64()),
+            "temp": pa.array([None if i == 0 else 30.0 + i for i in range(ROWS)], pa.float64()),
+            "time_hour": pa.array([start + dt.timedelta(hours=i) for i in range(ROWS)], pa.timestamp("ms", tz="UTC")),
+            TARGET: pa.array([None if i == 3 else i - 5 for i in range(ROWS)], pa.int64()),
+        }
+    )
+
+
+def declared(**changes) -> Validate:
+    base = {
+        "required": ["id", "month", "origin", "distance", "time_hour"],
+        "ranges": {"month": [1, 12]},
+        "categories": {"origin": ["EWR", "JFK", "LGA"]},
+    }
+    return Validate(**(base | changes))
+
+
+def replace(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    return table.set_column(table.column_names.index(name), name, values)
+
+
+@pytest.fixture(scope="module")
+def contract() -> dict:
+    return profile(good_table())
+
+
+def check(table: pa.Table, contract: dict, tmp_path: Path, rules: Validate | None = None) -> ValidationReport:
+    return validate_table(table, contract, rules or declared(), TARGET, tmp_path / "docs")
+
+
+def only_failure(report: ValidationReport, expectation: str) -> dict:
+    assert not report.success
+    matching = [f for f in report.failed if f["expectation"] == expectation]
+    assert len(matching) == 1, report.failed
+    return matching[0]
+
+
+def test_the_profiled_table_passes_and_docs_are_built(contract, tmp_path):
+    report = check(good_table(), contract, tmp_path)
+    assert report.success, report.failed
+    assert report.failed == []
+    assert report.rows == ROWS
+    assert report.evaluated_expectations > 20
+    assert (tmp_path / "docs" / "index.html").is_file()
+    assert report.as_dict()["data_docs"] == str(tmp_path / "docs" / "index.html")
+
+
+def test_missing_required_column_fails_once(contract, tmp_path):
+    report = check(good_table().drop_columns(["distance"]), contract, tmp_path)
+    failure = only_failure(report, "expect_column_to_exist")
+    assert failure["column"] == "distance"
+    assert "distance: column is missing" in report.summary()
+    assert only_failure(report, "expect_table_columns_to_match_set")["message"] == "columns differ from the contract: missing ['distance']"
+    assert {f["column"] for f in report.failed} == {"distance", None}
+
+
+def test_extra_column_fails(contract, tmp_path):
+    table = good_table().append_column("surprise", pa.array(range(ROWS)))
+    failure = only_failure(check(table, contract, tmp_path), "expect_table_columns_to_match_set")
+    assert failure["message"] == "columns differ from the contract: unexpected ['surprise']"
+
+
+def test_wrong_type_in_numeric_column_fails(contract, tmp_path):
+    table = replace(good_table(), "distance", pa.array([str(100 + i) for i in range(ROWS)]))
+    report = check(table, contract, tmp_path)
+    failure = only_failure(report, "expect_column_values_to_be_of_type")
+    assert failure["column"] == "distance"
+    assert failure["message"] == "expected type int64, got str"
+    raised = only_failure(report, "expect_column_values_to_be_between")
+    assert raised["message"].startswith("expect_column_values_to_be_between could not be evaluated:")
+
+
+def test_int_column_gaining_nulls_keeps_its_type(contract, tmp_path):
+    table = replace(good_table(), "month", pa.array([None] + [1 + i % 12 for i in range(1, ROWS)], pa.int64()))
+    report = check(table, contract, tmp_path, declared(required=["id"]))
+    assert report.success, report.failed
+
+
+def test_null_surge_fails(contract, tmp_path):
+    table = replace(good_table(), "temp", pa.array([None] * 5 + [30.0] * (ROWS - 5), pa.float64()))
+    failure = only_failure(check(table, contract, tmp_path), "expect_column_values_to_not_be_null")
+    assert failure["column"] == "temp"
+    assert failure["observed"] == 5
+    assert "got 5 nulls (25.00%)" in failure["message"]
+
+
+def test_null_in_required_column_fails(contract, tmp_path):
+    table = replace(good_table(), "distance", pa.array([None] + [100] * (ROWS - 1), pa.int64()))
+    failure = only_failure(check(table, contract, tmp_path), "expect_column_values_to_not_be_null")
+    assert failure["column"] == "distance"
+    assert failure["message"].startswith("no nulls allowed, got 1 nulls")
+
+
+def test_out_of_range_value_fails(contract, tmp_path):
+    table = replace(good_table(), "distance", pa.array([99_999] + [100] * (ROWS - 1), pa.int64()))
+    failure = only_failure(check(table, contract, tmp_path), "expect_column_values_to_be_between")
+    assert failure["column"] == "distance"
+    assert failure["sample_values"] == [99_999]
+    assert "1 values (5.00%) outside [5, 1145]" in failure["message"]
+
+
+def test_declared_range_replaces_the_profiled_one(contract, tmp_path):
+    table = replace(good_table(), "month", pa.array([13] + [1] * (ROWS - 1), pa.int64()))
+    failure = only_failure(check(table, contract, tmp_path), "expect_column_values_to_be_between")
+    assert failure["column"] == "month"
+    assert "outside [1, 12]" in failure["message"]
+
+
+@pytest.mark.parametrize("column", ["carrier", "origin"], ids=["profiled", "declared"])
+def test_unseen_category_fails(contract, tmp_path, column):
+    table = replace(good_table(), column, pa.array(["BOS"] + ["UA" if column == "carrier" else "JFK"] * (ROWS - 1)))
+    failure = only_failure(check(table, contract, tmp_path), "expect_column_values_to_be_in_set")
+    assert failure["column"] == column
+    assert failure["sample_values"] == ["BOS"]
+
+
+def test_too_few_rows_fails(contract, tmp_path):
+    report = check(good_table().slice(0, 3), contract, tmp_path)
+    failure = only_failure(report, "expect_table_row_count_to_be_between")
+    assert failure["observed"] == 3
+    assert failure["message"] == f"expected between {ROWS // 2} and {ROWS * 2} rows, got 3"
+
+
+def test_declared_row_bounds_replace_the_profiled_ones(contract, tmp_path):
+    report = check(good_table(), contract, tmp_path, declared(min_rows=25))
+    assert only_failure(report, "expect_table_row_count_to_be_between")["message"] == f"expected between 25 and {ROWS * 2} rows, got {ROWS}"
+
+
+@pytest.mark.parametrize("key", [["id"], ["id", "origin"]], ids=["column", "compound"])
+def test_duplicate_keys_fail_when_unique_is_declared(contract, tmp_path, key):
+    table = good_table()
+    table = pa.concat_tables([table, table.slice(0, 1)])
+    assert check(table, contract, tmp_path).success
+    failure = only_failure(check(table, contract, tmp_path, declared(unique=[key])), "expect_column_values_to_be_unique" if len(key) == 1 else "expect_compound_columns_to_be_unique")
+    assert failure["column"] == ",".join(key)
+    assert "share a key that must be unique" in failure["message"]
+
+
+def test_missing_target_fails(contract, tmp_path):
+    report = validate_table(good_table(), contract, declared(), "no_such_target", tmp_path / "docs")
+    assert only_failure(report, "expect_column_to_exist")["column"] == "no_such_target"
+
+
+def test_an_expectation_that_raises_is_reported_as_a_failure():
+    info = {"MetricConfigurationID(x)": {"raised_exception": True, "exception_message": "boom", "exception_traceback": "..."}}
+    failure = describe_failure("expect_column_values_to_be_between", {"column": "x", "min_value": 0, "max_value": 1}, {}, info)
+    assert failure["column"] == "x"
+    assert failure["message"] == "expect_column_values_to_be_between could not be evaluated: boom"
+
+
+def test_profile_is_deterministic_and_ignores_row_order(tmp_path):
+    table = good_table()
+    shuffled = table.take(pc.sort_indices(table["distance"], sort_keys=[("distance", "descending")]))
+    write_json(profile(table), tmp_path / "a.json")
+    write_json(profile(table), tmp_path / "b.json")
+    write_json(profile(shuffled), tmp_path / "c.json")
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes() == (tmp_path / "c.json").read_bytes()
+    columns = json.loads((tmp_path / "a.json").read_text())["columns"]
+    assert columns["origin"] == {"type": "string", "null_fraction": 0.0, "categories": ["EWR", "JFK", "LGA"]}
+    assert columns["temp"]["null_fraction"] == 0.05
+    assert (columns["distance"]["min"], columns["distance"]["max"]) == (100, 1050)
+
+
+def test_every_arrow_type_passes_its_own_type_check(tmp_path):
+    """pandas_type_name must name what GE observes after to_pandas, with and without nulls."""
+    arrays = {
+        "int64": pa.array([1, 2], pa.int64()),
+        "int64_nulls": pa.array([1, None], pa.int64()),
+        "int32_nulls": pa.array([1, None], pa.int32()),
+        "uint8": pa.array([1, 2], pa.uint8()),
+        "float32": pa.array([1.5, None], pa.float32()),
+        "double": pa.array([1.5, None], pa.float64()),
+        "bool": pa.array([True, False]),
+        "bool_nulls": pa.array([True, None]),
+        "string": pa.array(["a", None]),
+        "large_string": pa.array(["a", "b"], pa.large_string()),
+        "timestamp_utc": pa.array([0, None], pa.timestamp("ms", tz="UTC")),
+        "timestamp_naive": pa.array([0, 1], pa.timestamp("us")),
+        "date": pa.array([0, None], pa.date32()),
+    }
+    table = pa.table(arrays)
+    report = validate_table(table, profile(table), Validate(), "int64", tmp_path / "docs")
+    assert report.success, report.failed
+    broken = table.set_column(0, "int64", pa.array([1.0, 2.0]))
+    assert only_failure(validate_table(broken, profile(table), Validate(), "int64", tmp_path / "docs"), "expect_column_values_to_be_of_type")["observed"] == "float64"
+
+
+def test_stage_profiles_once_then_blocks_a_bad_batch(tmp_path):
+    paths = Paths(
+        raw=str(tmp_path / "raw.parquet"),
+        contract=str(tmp_path / "contract.json"),
+        validation=str(tmp_path / "validation.json"),
+        data_docs=str(tmp_path / "docs"),
+    )
+    params = Params(paths=paths, validate=declared(), data={"target": TARGET})
+    write_table(good_table(), paths.raw)
+    assert run(params)["rows"] == ROWS
+    first = Path(paths.contract).read_bytes()
+    assert json.loads(Path(paths.validation).read_text())["success"] is True
+
+    write_table(replace(good_table(), "origin", pa.array(["BOS"] * ROWS)), paths.raw)
+    with pytest.raises(ValidationFailed, match=r"origin: 20 values \(100.00%\) outside the allowed set"):
+        run(params)
+    assert Path(paths.contract).read_bytes() == first
+    report = json.loads(Path(paths.validation).read_text())
+    assert report["success"] is False
+    assert report["failed"][0]["sample_values"] == ["BOS"] * 5
+
+
+def test_committed_contract_agrees_with_declared_rules():
+    """The declared rules in params.yaml must hold on the data the contract was profiled from."""
+    path = ROOT / "contracts" / "nycflights13.json"
+    if not path.exists():
+        pytest.skip("no committed contract yet: run `python -m tasks.validate` once")
+    params = load_params(ROOT)
+    columns = json.loads(path.read_text())["columns"]
+    rules = params.validate
+    assert params.data.target in columns
+    for name in rules.required:
+        assert columns[name]["null_fraction"] == 0, name
+    for name, (low, high) in rules.ranges.items():
+        assert low is None or columns[name]["min"] >= low, name
+        assert high is None or columns[name]["max"] <= high, name
+    for name, allowed in rules.categories.items():
+        assert set(columns[name]["categories"]) <= set(allowed), name
