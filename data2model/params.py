@@ -137,7 +137,16 @@ class Train(Section):
 
 
 class Evaluate(Section):
-    threshold: float = Field(0.5, gt=0, lt=1)
+    # Binary decision threshold: a probability, or "max_f1" to pick the F1-best one on the
+    # validation split (never the holdout). The served model uses the same threshold.
+    threshold: float | Literal["max_f1"] = "max_f1"
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold(cls, value: Any) -> Any:
+        if value == "max_f1" or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1):
+            return value
+        raise ValueError("must be a probability strictly between 0 and 1, or max_f1")
 
 
 class Register(Section):
@@ -190,7 +199,7 @@ def _describe(err: ValidationError, origin: str) -> str:
         if e["type"] == "extra_forbidden":
             lines.append(f"  - {key}: unknown key")
         else:
-            lines.append(f"  - {key}: {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"  - {key}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})")
     return "\n".join(lines)
 
 

@@ -57,6 +57,17 @@ def regression_metrics(y: np.ndarray, predicted: np.ndarray) -> dict[str, float]
     }
 
 
+def choose_threshold(y_valid: np.ndarray, valid_scores: np.ndarray, setting: float | str) -> float:
+    """The binary decision threshold: as configured, or the F1-best on the validation split."""
+    if setting != "max_f1":
+        return float(setting)
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, thresholds = precision_recall_curve(y_valid, valid_scores)
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+    return float(thresholds[int(np.argmax(f1))]) if len(thresholds) else 0.5
+
+
 def plot_tables(y: np.ndarray, scores: np.ndarray, pre: Preprocessor, threshold: float) -> dict[str, pa.Table]:
     """Data behind each plot, named as dvc.yaml's top-level `plots` name the files."""
     if pre.task == "regression":
@@ -124,9 +135,15 @@ def run(params: Params) -> dict[str, Any]:
     from data2model.tables import write_json
 
     pre = Preprocessor.load(params.paths.preprocessor)
+    scorer = load_scorer(params.paths.model_dir)
+    threshold = 0.5
+    if pre.task == "binary":
+        valid = read_table(params.paths.split("valid"))
+        threshold = choose_threshold(valid[LABEL].to_numpy(), scorer.predict(valid), params.evaluate.threshold)
     test = read_table(params.paths.split("test"))
-    scores = load_scorer(params.paths.model_dir).predict(test)
-    found, plots = evaluate(test, scores, pre, params.evaluate.threshold)
+    found, plots = evaluate(test, scorer.predict(test), pre, threshold)
+    if pre.task == "binary":
+        found["threshold"] = threshold
     tracking.configure(params)
     with tracking.resume_run(read_json(params.paths.train_report)["run_id"]), atomic_dir(params.paths.plots_dir) as folder:
         mlflow.log_metrics({f"test_{k}": v for k, v in found.items() if isinstance(v, float)})

@@ -99,7 +99,8 @@ def run(params: Params) -> dict[str, Any]:
     scorer = load_scorer(params.paths.model_dir)
     raw = read_table(params.paths.raw, columns=list(pre.input_columns))
     example = input_example(raw)
-    threshold = params.evaluate.threshold
+    metrics = read_json(params.paths.metrics)
+    threshold = metrics.get("threshold", 0.5)
     expected = predictions_frame(scorer.predict(pre.transform(pa.Table.from_pandas(example, preserve_index=False))), pre, threshold)
     name = params.register.model_name
     tracking.configure(params)
@@ -126,7 +127,7 @@ def run(params: Params) -> dict[str, Any]:
         **lineage_tags(".", params.paths.raw),
         "mlflow_run_id": run_id,
         "params": json.dumps(params.as_dict(), sort_keys=True),
-        "holdout_metrics": json.dumps(read_json(params.paths.metrics), sort_keys=True),
+        "holdout_metrics": json.dumps(metrics, sort_keys=True),
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))

@@ -4,6 +4,7 @@ user runs it: `d2m run` (the Prefect flow), `dvc repro`, and the registered mode
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -60,8 +61,9 @@ def test_champion_loads_and_predicts_on_raw_rows(first_run):
         "raw = pq.read_table(p.paths.raw).slice(1000, 50).to_pandas()\n"
         "raw['time_hour'] = raw['time_hour'].dt.tz_localize(None)\n"
         "model = mlflow.pyfunc.load_model(f'models:/{p.register.model_name}@champion')\n"
-        "cols = [c.name for c in model.metadata.get_input_schema().inputs]\n"
-        "out = model.predict(raw[cols].astype({c: 'float64' for c in cols if str(raw[c].dtype).startswith('float')}))\n"
+        "spec = {c.name: c.type.name for c in model.metadata.get_input_schema().inputs}\n"
+        "rows = raw[list(spec)].astype({c: 'float64' for c, t in spec.items() if t == 'double'})\n"
+        "out = model.predict(rows)\n"
         "print(json.dumps({'columns': list(out.columns), 'p': out['probability'].tolist(), 'y': out['prediction'].tolist()}))\n"
     )
     result = json.loads(sh(["python", "-c", script], project).stdout.strip().splitlines()[-1])
@@ -74,7 +76,7 @@ def test_changing_one_param_reruns_only_dependent_stages(first_run):
     project, _ = first_run
     params = project / "params.yaml"
     original = params.read_text()
-    params.write_text(original.replace("  threshold: 0.5", "  threshold: 0.3"))
+    params.write_text(re.sub(r"(?m)^  threshold: \S+", "  threshold: 0.3", original))
     try:
         out = sh(["dvc", "repro"], project).stdout
     finally:

@@ -9,6 +9,7 @@ import json
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
+from data2model.errors import D2MError
 from data2model.preprocess import LABEL
 from data2model.trainers import META, TrainJob, TrainOutcome, log
 
@@ -133,37 +135,26 @@ def _evaluate(model: TabularMLP, valid: tuple[torch.Tensor, ...], loss_fn: nn.Mo
 
     x_num, x_cat, label = valid
     model.eval()
-    loss_sum, scores = 0.0, []
-    with torch.no_grad():
-        for start in range(0, len(label), _EVAL_BATCH):
-            part = slice(start, start + _EVAL_BATCH)
-            y = label[part].to(device)
-            with autocast():
-                out = model(x_num[part].to(device), x_cat[part].to(device))
-            target = (y - model.target_mean) / model.target_std if model.task == "regression" else y
-            loss_sum += float(loss_fn(out.float(), target)) * len(y)
-            scores.append(out.float().cpu())
-    out = torch.cat(scores) if scores else torch.empty(0)
-    loss_sum, rows = _all_reduce([loss_sum, float(len(label))], device)
+    with torch.no_grad(), autocast():
+        out = torch.cat([model(x_num[i : i + _EVAL_BATCH], x_cat[i : i + _EVAL_BATCH]) for i in range(0, len(label), _EVAL_BATCH)]).float()
+    target = (label - model.target_mean) / model.target_std if model.task == "regression" else label
+    loss_sum, rows = _all_reduce([float(loss_fn(out, target)) * len(label), float(len(label))], device)
     metrics = {"valid_loss": loss_sum / rows}
     if model.task == "binary":
-        y = _all_gather(label.numpy())
-        metrics["valid_auc"] = float(roc_auc_score(y, _all_gather(out.numpy()))) if np.unique(y).size == 2 else 0.5
+        y = _all_gather(label.cpu().numpy())
+        metrics["valid_auc"] = float(roc_auc_score(y, _all_gather(out.cpu().numpy()))) if np.unique(y).size == 2 else 0.5
     elif model.task == "multiclass":
-        correct = float((out.argmax(dim=1) == label).sum()) if len(label) else 0.0
-        metrics["valid_accuracy"] = _all_reduce([correct], device)[0] / rows
+        metrics["valid_accuracy"] = _all_reduce([float((out.argmax(dim=1) == label).sum())], device)[0] / rows
     else:
-        values = out * model.target_std.cpu() + model.target_mean.cpu()
+        values = out * model.target_std + model.target_mean
         metrics["valid_rmse"] = (_all_reduce([float(((values - label) ** 2).sum())], device)[0] / rows) ** 0.5
     return metrics
 
 
 def _train_loop(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
-    import mlflow
     import ray.train
     import ray.train.torch
-    from mlflow.entities import Metric
 
     rank = ray.train.get_context().get_world_rank()
     task, p = config["task"], config["torch"]
@@ -172,10 +163,12 @@ def _train_loop(config: dict[str, Any]) -> None:
         torch.set_num_threads(config["cpus_per_worker"])
     # DDP broadcasts rank 0's initial weights; per-rank seeds keep dropout and shuffles independent.
     torch.manual_seed(config["seed"] + rank)
-    rng = np.random.default_rng(config["seed"] + rank)
 
-    train = _load_shard("train", config["numeric"], config["categorical"], task)
-    valid = _load_shard("valid", config["numeric"], config["categorical"], task)
+    # Both shards stream at once: on small data Ray Data's start-up, not the rows, dominates.
+    with ThreadPoolExecutor(2) as pool:
+        train, valid = pool.map(lambda name: _load_shard(name, config["numeric"], config["categorical"], task), ("train", "valid"))
+    # A shard of tabular rows is small next to accelerator memory: move it once, not per batch.
+    train, valid = (tuple(t.to(device) for t in shard) for shard in (train, valid))
     # Equal shards (Ray Data splits with equal=True) give every worker the same number of steps,
     # which DDP needs; the minimum guards against a split that is not.
     rows = int(_all_reduce([float(len(train[2]))], device, op="min")[0])
@@ -194,16 +187,20 @@ def _train_loop(config: dict[str, Any]) -> None:
     def autocast():
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
-    client = mlflow.MlflowClient(config["tracking_uri"]) if rank == 0 else None
+    if rank == 0:
+        import mlflow
+        from mlflow.entities import Metric
+
+        client = mlflow.MlflowClient(config["tracking_uri"])
     best = {"epoch": -1, "valid_loss": float("inf")}
     best_state: dict[str, torch.Tensor] = {}
     for epoch in range(p["epochs"]):
         model.train()
-        order = torch.from_numpy(rng.permutation(len(train[2]))[:rows])
-        loss_sum = 0.0
+        order = torch.randperm(len(train[2]), device=device)[:rows]
+        loss_sum = torch.zeros((), device=device)
         for start in range(0, rows, p["batch_size"]):
             index = order[start : start + p["batch_size"]]
-            x_num, x_cat, y = (t[index].to(device, non_blocking=True) for t in train)
+            x_num, x_cat, y = (t[index] for t in train)
             if task == "regression":
                 y = (y - core.target_mean) / core.target_std
             with autocast():
@@ -212,27 +209,27 @@ def _train_loop(config: dict[str, Any]) -> None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.item() * len(index)
+            loss_sum += loss.detach() * len(index)
         metrics = _evaluate(core, valid, loss_fn, device, autocast)
-        total, count = _all_reduce([loss_sum, float(rows)], device)
+        total, count = _all_reduce([float(loss_sum), float(rows)], device)
         metrics = {"epoch": epoch, "train_loss": total / count, **metrics}
-        if metrics["valid_loss"] < best["valid_loss"]:
-            best = dict(metrics)
-            best_state = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
-        stop = epoch == p["epochs"] - 1 or epoch - best["epoch"] >= p["early_stopping_epochs"]
-        if client is not None:
+        if rank == 0:
             now = int(time.time() * 1000)
             client.log_batch(config["run_id"], metrics=[Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"])
-        report = {**metrics, "best_epoch": best["epoch"], "best_valid_loss": best["valid_loss"]}
-        # Every worker reports once per epoch; rank 0 attaches the best weights to the last report.
-        if stop and rank == 0:
-            with tempfile.TemporaryDirectory() as folder:
-                torch.save({"state_dict": best_state, "best": best}, os.path.join(folder, MODEL_FILE))
-                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
-        else:
-            ray.train.report(report)
-        if stop:
+        if metrics["valid_loss"] < best["valid_loss"]:
+            best = metrics
+            best_state = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
+        # Every worker sees the same all-reduced loss, so every worker stops at the same epoch.
+        if epoch - best["epoch"] >= p["early_stopping_epochs"]:
             break
+    # One report per worker, at the end: Ray Train takes at most one report per worker per
+    # poll (2 s), which costs more than a small epoch; MLflow already has the per-epoch curve.
+    if rank == 0:
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save({"state_dict": best_state, "best": best}, os.path.join(folder, MODEL_FILE))
+            ray.train.report(best, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    else:
+        ray.train.report(best)
 
 
 def fit(job: TrainJob) -> TrainOutcome:
@@ -278,6 +275,8 @@ def fit(job: TrainJob) -> TrainOutcome:
     with result.checkpoint.as_directory() as folder:
         saved = torch.load(Path(folder) / MODEL_FILE, weights_only=True)
     best = saved["best"]
+    if best["epoch"] < 0:
+        raise D2MError(f"the PyTorch model's validation loss was never finite in {job.params.torch.early_stopping_epochs} epoch(s): lower train.torch.lr")
     job.model_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"architecture": arch, "state_dict": saved["state_dict"]}, job.model_dir / MODEL_FILE)
     meta = {
