@@ -104,14 +104,14 @@ class Split(Section):
 
 
 class XGBoostParams(Section):
-    num_boost_round: int = Field(400, ge=1)
-    early_stopping_rounds: int = Field(30, ge=1)
-    eta: float = Field(0.1, gt=0)
+    num_boost_round: int = Field(1000, ge=1)
+    early_stopping_rounds: int = Field(50, ge=1)
+    eta: float = Field(0.05, gt=0)
     max_depth: int = Field(8, ge=1)
-    min_child_weight: float = Field(1.0, ge=0)
+    min_child_weight: float = Field(5.0, ge=0)
     subsample: float = Field(0.9, gt=0, le=1)
-    colsample_bytree: float = Field(0.8, gt=0, le=1)
-    max_cat_to_onehot: int = Field(4, ge=1)
+    colsample_bytree: float = Field(0.6, gt=0, le=1)
+    max_cat_to_onehot: int = Field(32, ge=1)
 
 
 class TorchParams(Section):

@@ -9,6 +9,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed, State
 
 from data2model.dag import StageResult, run_stage, stage_order
 from data2model.errors import D2MError
@@ -28,9 +29,13 @@ def _transient(task, task_run, state) -> bool:
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=_transient)
-def stage_task(name: str) -> StageResult:
+def stage_task(name: str) -> StageResult | State:
     logger = get_run_logger()
-    result = run_stage(name)
+    try:
+        result = run_stage(name)
+    except D2MError as err:
+        # A user-facing problem: the state carries the explanation, not a library traceback.
+        return Failed(message=f"{name}: {err}", data=err)
     logger.info("%s: %s", name, "ran" if result.ran else "up to date, skipped")
     return result
 
@@ -67,7 +72,12 @@ def pipeline(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         for change in write_overrides(overrides):
             logger.info("params.yaml %s", change)
     params = load_params()
-    results = [stage_task.with_options(task_run_name=name)(name) for name in stage_order()]
+    results = []
+    for name in stage_order():
+        state = stage_task.with_options(task_run_name=name)(name, return_state=True)
+        if state.is_failed():  # the run ends Failed with the stage's message; later stages never start
+            return Failed(message=state.message, data=state.result(raise_on_failure=False))
+        results.append(state.result())
     _push_data()
     status = pipeline_status(params)
     create_markdown_artifact(_summary_markdown(status, results), key="data2model-run", description="metrics, model version, where to look")

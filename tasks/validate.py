@@ -124,15 +124,23 @@ def load_or_profile(table: pa.Table, path: str | Path) -> dict[str, Any]:
     return contract
 
 
+def failed_report_path(validation: str | Path) -> Path:
+    path = Path(validation)
+    return path.with_name(f"{path.stem}.failed.json")
+
+
 def run(params: Params) -> dict[str, Any]:
     table = read_table(params.paths.raw)
     contract = load_or_profile(table, params.paths.contract)
     start = time.perf_counter()
     report = validate_table(table, contract, params.validate, params.data.target, params.paths.data_docs)
     log.info("%d expectations on %d rows in %.1f s; Data Docs: %s", report.evaluated_expectations, report.rows, time.perf_counter() - start, report.page)
-    write_json(report.as_dict(), params.paths.validation)
     if not report.success:
-        raise ValidationFailed(report.summary())
+        # The accepted report stays as it was: DVC still sees the last accepted batch as current.
+        rejected = failed_report_path(params.paths.validation)
+        write_json(report.as_dict(), rejected)
+        raise ValidationFailed(f"{report.summary()}\nFull report: {rejected}")
+    write_json(report.as_dict(), params.paths.validation)
     return {"rows": report.rows, "expectations": report.evaluated_expectations, "out": params.paths.validation}
 
 

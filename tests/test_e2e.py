@@ -64,12 +64,34 @@ def test_champion_loads_and_predicts_on_raw_rows(first_run):
         "spec = {c.name: c.type.name for c in model.metadata.get_input_schema().inputs}\n"
         "rows = raw[list(spec)].astype({c: 'float64' for c, t in spec.items() if t == 'double'})\n"
         "out = model.predict(rows)\n"
-        "print(json.dumps({'columns': list(out.columns), 'p': out['probability'].tolist(), 'y': out['prediction'].tolist()}))\n"
+        "tags = mlflow.MlflowClient().get_model_version_by_alias(p.register.model_name, 'champion').tags\n"
+        "print(json.dumps({'columns': list(out.columns), 'p': out['probability'].tolist(), 'y': out['prediction'].tolist(), 'tags': tags}))\n"
     )
     result = json.loads(sh(["python", "-c", script], project).stdout.strip().splitlines()[-1])
     assert result["columns"] == ["prediction", "probability"]
     assert len(result["p"]) == 50 and all(0.0 <= p <= 1.0 for p in result["p"])
     assert set(result["y"]) <= {0, 1}
+    tags = result["tags"]
+    assert tags["data_md5"] == lock_hashes(project)["data/raw.parquet"]
+    assert tags["prefect_flow_run_id"] != "none" and len(tags["git_commit"]) >= 40
+    assert json.loads(tags["params"])["register"]["model_name"] == "nycflights-delay"
+
+
+def test_failed_gate_stops_the_run_before_features(first_run):
+    """A declared rule the real data breaks: exit 1, the message names the column, no new version."""
+    project, _ = first_run
+    params = project / "params.yaml"
+    original = params.read_text()
+    features_before = (project / "data/features.parquet").stat().st_mtime_ns
+    try:
+        proc = sh(["d2m", "run", "--set", "validate.ranges.distance=[1, 100]"], project, check=False)
+    finally:
+        params.write_text(original)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "distance" in proc.stderr and "Data Docs: " in proc.stderr
+    assert json.loads((project / "reports/validation.json").read_text())["success"] is True
+    assert (project / "data/features.parquet").stat().st_mtime_ns == features_before
+    assert json.loads((project / "reports/registration.json").read_text())["version"] == 1
 
 
 def test_changing_one_param_reruns_only_dependent_stages(first_run):
