@@ -88,6 +88,9 @@ def _train_loop(config: dict[str, Any]) -> None:
                     self.pending.append(Metric(f"{data_name}_{metric}", float(values[-1]), now, epoch))
             if len(self.pending) >= _LOG_EVERY * 4:
                 self.flush()
+            if epoch % _LOG_EVERY == 0:  # progress on the driver's console (Ray forwards worker output)
+                shown = ", ".join(f"valid_{m}={v[-1]:.4f}" for m, v in evals_log.get("valid", {}).items())
+                print(f"round {epoch}: {shown}", flush=True)
             return False
 
         def after_training(self, model):
