@@ -127,7 +127,7 @@ def _small_table(project: Path, rows: int = 4000):
     ("task", "target", "extra"),
     [
         ("multiclass", "origin", ["data.exclude=[dep_time, dep_delay, arr_time, air_time, arr_delay]"]),
-        ("regression", "arr_delay", []),
+        ("regression", "arr_delay", ["train.framework=torch", "train.torch.epochs=4"]),
     ],
 )
 def test_another_table_and_task_with_params_only(first_run, tmp_path, task, target, extra):

@@ -35,16 +35,16 @@ class TabularMLP(nn.Module):
     `predict` gives what data2model.scoring promises: P(class 1), class probabilities or values.
     """
 
-    def __init__(self, task: str, numeric: int, cardinalities: list[int], embedding_dim: int, hidden: list[int], dropout: float, outputs: int) -> None:
+    def __init__(self, task: str, n_numeric: int, cardinalities: list[int], embedding_dim: int, hidden: list[int], dropout: float, outputs: int) -> None:
         super().__init__()
         self.task = task
-        self.register_buffer("numeric_mean", torch.zeros(numeric))
-        self.register_buffer("numeric_std", torch.ones(numeric))
+        self.register_buffer("numeric_mean", torch.zeros(n_numeric))
+        self.register_buffer("numeric_std", torch.ones(n_numeric))
         self.register_buffer("target_mean", torch.zeros(()))
         self.register_buffer("target_std", torch.ones(()))
         self.embeddings = nn.ModuleList(nn.Embedding(card, min(embedding_dim, (card + 1) // 2 + 1)) for card in cardinalities)
         layers: list[nn.Module] = []
-        width = numeric + sum(e.embedding_dim for e in self.embeddings)
+        width = n_numeric + sum(e.embedding_dim for e in self.embeddings)
         for size in hidden:
             layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
             width = size
@@ -77,7 +77,7 @@ def architecture(job: TrainJob) -> dict[str, Any]:
     pre, p = job.preprocessor, job.params.torch
     return {
         "task": pre.task,
-        "numeric": len(pre.numeric),
+        "n_numeric": len(pre.numeric),
         "cardinalities": list(pre.cardinalities.values()),
         "embedding_dim": p.embedding_dim,
         "hidden": list(p.hidden),
