@@ -11,7 +11,6 @@ import importlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from data2model.params import load_params
@@ -26,13 +25,13 @@ class StageResult:
     summary: dict[str, Any]
 
 
-def stage_order(root: Path | str = ".") -> list[str]:
+def stage_order() -> list[str]:
     """Stage names of dvc.yaml, upstream first (ties broken by name, so the order is stable)."""
     import networkx as nx
     from dvc.repo import Repo
     from dvc.stage import PipelineStage
 
-    with Repo(str(root)) as repo:
+    with Repo(".") as repo:
         graph = repo.index.graph
         stages = {node: node.name for node in graph.nodes if isinstance(node, PipelineStage)}
         # DVC's edges point from a stage to the stages it depends on.
@@ -45,18 +44,19 @@ def in_process_runner(cmd: str) -> Callable[..., dict[str, Any]] | None:
     return importlib.import_module(match.group(1)).run if match else None
 
 
-def run_stage(name: str, root: Path | str = ".", force: bool = False) -> StageResult:
-    """Run `name` if DVC says it changed (or `force`), holding DVC's repo lock throughout."""
+def run_stage(name: str) -> StageResult:
+    """Run `name` (in the project root, the cwd) if DVC says it changed, holding DVC's repo
+    lock throughout so a concurrent `dvc repro` cannot interleave with it."""
     from dvc.repo import Repo, lock_repo
 
-    with Repo(str(root)) as repo, lock_repo(repo):
+    with Repo(".") as repo, lock_repo(repo):
         (stage,) = repo.stage.collect(name)
-        if not force and not stage.changed():
+        if not stage.changed():
             return StageResult(name, ran=False, summary={})
         runner = in_process_runner(stage.cmd)
         if runner is None:
             repo.reproduce(name, single_item=True, force=True)
             return StageResult(name, ran=True, summary={})
-        summary = runner(load_params(root))
+        summary = runner(load_params())
         repo.commit(name, force=True)
         return StageResult(name, ran=True, summary=summary)

@@ -42,7 +42,6 @@ def run(params: Params) -> dict[str, Any]:
             name=f"train-{active.info.run_id}",
         )
         outcome = fit(job)
-        rows_per_s = outcome.rows * max(outcome.best_iteration + 1, 1) / outcome.seconds
         mlflow.log_metrics({
             f"best_{outcome.metric}": outcome.best_score,
             "best_iteration": outcome.best_iteration,
@@ -57,7 +56,6 @@ def run(params: Params) -> dict[str, Any]:
         f"best_{outcome.metric}": round(outcome.best_score, 6),
         "train_rows": outcome.rows,
         "train_seconds": round(outcome.seconds, 2),
-        "row_iterations_per_s": round(rows_per_s),
     }
     write_json(report, params.paths.train_report)
     return report
