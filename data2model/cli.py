@@ -12,7 +12,7 @@ import sys
 import time
 
 from data2model.errors import D2MError, ParamsError
-from data2model.params import load_params, parse_override
+from data2model.params import check_overrides, load_params, parse_override
 
 PREFECT_DEFAULTS = {
     "PREFECT_LOGGING_EXTRA_LOGGERS": "data2model",
@@ -23,7 +23,7 @@ PREFECT_DEFAULTS = {
 
 def _run(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(text) for text in args.set)
-    load_params()  # a broken params.yaml fails here, before Prefect or any stage starts
+    check_overrides(overrides)  # bad params or overrides fail here, before Prefect or any stage starts
     for key, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
     from flows.pipeline import pipeline, shutdown_ray

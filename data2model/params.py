@@ -253,6 +253,18 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     return out
 
 
+def _dotted(tree: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
+
+
+def check_overrides(overrides: dict[str, Any], root: Path | str = ".") -> Params:
+    """params.yaml with `overrides` applied, validated; nothing is written."""
+    path = Path(root) / PARAMS_FILE
+    return parse_params(apply_overrides(read_raw(path), overrides), f"{path} with overrides")
+
+
 def write_overrides(overrides: dict[str, Any], root: Path | str = ".") -> list[str]:
     """Validate `overrides` against the model, then set them in params.yaml keeping its comments.
 
@@ -263,13 +275,16 @@ def write_overrides(overrides: dict[str, Any], root: Path | str = ".") -> list[s
     from data2model.tables import atomic_path
 
     path = Path(root) / PARAMS_FILE
-    raw = read_raw(path)
-    parse_params(apply_overrides(raw, overrides), f"{path} with overrides")
+    typed = check_overrides(overrides, root).as_dict()
     yaml_rt = YAML()
     yaml_rt.preserve_quotes = True
+    yaml_rt.width = 4096
+    yaml_rt.indent(mapping=2, sequence=4, offset=2)
+    yaml_rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     doc = yaml_rt.load(path.read_text())
     changes = []
-    for dotted, value in overrides.items():
+    for dotted in overrides:
+        value = _dotted(typed, dotted)  # the validated value: `1e-5` is a float, `"2"` an int
         node = doc
         *parents, leaf = dotted.split(".")
         for part in parents:

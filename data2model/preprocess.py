@@ -70,7 +70,7 @@ class Preprocessor:
     def save(self, path: str | Path) -> None:
         from data2model.tables import write_json
 
-        write_json(asdict(self), path)
+        write_json(asdict(self), path, sort_keys=False)  # feature order is part of the model
 
     @classmethod
     def load(cls, path: str | Path) -> "Preprocessor":
@@ -131,7 +131,10 @@ def derive_label(table: pa.Table, data: Data) -> tuple[pa.Table, list[str]]:
     """Rows with a usable target and the label column; `classes` names the class indices."""
     if data.target not in table.column_names:
         raise DataError(f"data.target {data.target!r} is not a column (columns: {', '.join(table.column_names)})")
-    table = table.filter(pc.is_valid(table[data.target]))
+    usable = pc.is_valid(table[data.target])
+    if pa.types.is_floating(table.schema.field(data.target).type):
+        usable = pc.and_(usable, pc.invert(pc.is_nan(table[data.target])))
+    table = table.filter(usable)
     if table.num_rows == 0:
         raise DataError(f"data.target {data.target!r} is null in every row")
     target = table[data.target]

