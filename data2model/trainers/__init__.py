@@ -7,8 +7,10 @@ data2model.scoring loads it back for evaluation and serving.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,41 @@ def init_ray(params: Train) -> None:
             f"Ray has {available:g} CPUs; train.num_workers={params.num_workers} x train.cpus_per_worker="
             f"{params.cpus_per_worker} needs {needed} (one left for reading data): lower them or add nodes"
         )
+
+
+def run_ray_training(trainer_cls: Any, train_loop: Any, config: dict[str, Any], job: TrainJob, what: str) -> tuple[Any, int, float]:
+    """Run a Ray Train data-parallel trainer over the train/valid Parquet as Ray Data shards.
+
+    Returns the Ray `Result`, the training row count and the wall time of `fit`.
+    """
+    import pyarrow.parquet as pq
+    import ray.data
+    import ray.train
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    datasets = {part: ray.data.read_parquet(str(path)) for part, path in (("train", job.train_path), ("valid", job.valid_path))}
+    rows = pq.ParquetFile(job.train_path).metadata.num_rows
+    trainer = trainer_cls(
+        train_loop,
+        train_loop_config=config,
+        datasets=datasets,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=job.params.num_workers,
+            use_gpu=job.params.use_gpu,
+            resources_per_worker={"CPU": job.params.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(name=job.name, storage_path=str(job.storage_path.resolve())),
+    )
+    log.info("training %s on %d rows with %d Ray worker(s)", what, rows, job.params.num_workers)
+    start = time.perf_counter()
+    result = trainer.fit()
+    return result, rows, time.perf_counter() - start
+
+
+def write_meta(model_dir: Path, meta: dict[str, Any]) -> None:
+    """model.json: what data2model.scoring needs to load the model folder back."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / META).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def fit(job: TrainJob) -> TrainOutcome:

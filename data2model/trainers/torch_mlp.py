@@ -5,7 +5,6 @@ weights to the driver, which saves them with the architecture needed to rebuild 
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -15,13 +14,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch import nn
 
 from data2model.errors import D2MError
 from data2model.preprocess import LABEL
-from data2model.trainers import META, TrainJob, TrainOutcome, log
+from data2model.trainers import TrainJob, TrainOutcome, run_ray_training, write_meta
 
 MODEL_FILE = "torch.pt"
 _EVAL_BATCH = 65536
@@ -233,8 +231,6 @@ def _train_loop(config: dict[str, Any]) -> None:
 
 
 def fit(job: TrainJob) -> TrainOutcome:
-    import ray.data
-    import ray.train
     from ray.train.torch import TorchTrainer
 
     pre = job.preprocessor
@@ -254,37 +250,18 @@ def fit(job: TrainJob) -> TrainOutcome:
         "tracking_uri": job.tracking_uri,
         "run_id": job.run_id,
     }
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    datasets = {part: ray.data.read_parquet(str(path)) for part, path in (("train", job.train_path), ("valid", job.valid_path))}
-    rows = pq.ParquetFile(job.train_path).metadata.num_rows
-    trainer = TorchTrainer(
-        _train_loop,
-        train_loop_config=config,
-        datasets=datasets,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=job.params.num_workers,
-            use_gpu=job.params.use_gpu,
-            resources_per_worker={"CPU": job.params.cpus_per_worker},
-        ),
-        run_config=ray.train.RunConfig(name=job.name, storage_path=str(job.storage_path.resolve())),
-    )
-    start = time.perf_counter()
-    log.info("training a PyTorch MLP on %d rows with %d Ray worker(s)", rows, job.params.num_workers)
-    result = trainer.fit()
-    seconds = time.perf_counter() - start
+    result, rows, seconds = run_ray_training(TorchTrainer, _train_loop, config, job, "a PyTorch MLP")
     with result.checkpoint.as_directory() as folder:
         saved = torch.load(Path(folder) / MODEL_FILE, weights_only=True)
     best = saved["best"]
     if best["epoch"] < 0:
         raise D2MError(f"the PyTorch model's validation loss was never finite in {job.params.torch.early_stopping_epochs} epoch(s): lower train.torch.lr")
-    job.model_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"architecture": arch, "state_dict": saved["state_dict"]}, job.model_dir / MODEL_FILE)
-    meta = {
+    write_meta(job.model_dir, {
         "framework": "torch", "task": pre.task, "feature_names": pre.feature_names,
         "numeric": config["numeric"], "categorical": config["categorical"], "classes": pre.classes,
         "best_epoch": best["epoch"],
-    }
-    (job.model_dir / META).write_text(json.dumps(meta, indent=2) + "\n")
+    })
+    torch.save({"architecture": arch, "state_dict": saved["state_dict"]}, job.model_dir / MODEL_FILE)
     extra = {f"best_{k}": v for k, v in best.items() if k not in ("epoch", "valid_loss")}
     return TrainOutcome(best_iteration=best["epoch"], best_score=best["valid_loss"], metric="valid_loss", rows=rows, seconds=seconds, extra=extra)
 

@@ -3,16 +3,14 @@ per-round metrics to MLflow; the driver keeps the booster cut at the best round.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from data2model.trainers import META, TrainJob, TrainOutcome, log
+from data2model.trainers import TrainJob, TrainOutcome, run_ray_training, write_meta
 
 MODEL_FILE = "xgboost.ubj"
 _OBJECTIVES = {
@@ -123,8 +121,6 @@ def _train_loop(config: dict[str, Any]) -> None:
 
 
 def fit(job: TrainJob) -> TrainOutcome:
-    import ray.data
-    import ray.train
     from ray.train.xgboost import RayTrainReportCallback, XGBoostTrainer
 
     pre = job.preprocessor
@@ -138,33 +134,14 @@ def fit(job: TrainJob) -> TrainOutcome:
         "tracking_uri": job.tracking_uri,
         "run_id": job.run_id,
     }
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    datasets = {part: ray.data.read_parquet(str(path)) for part, path in (("train", job.train_path), ("valid", job.valid_path))}
-    rows = pq.ParquetFile(job.train_path).metadata.num_rows
-    trainer = XGBoostTrainer(
-        _train_loop,
-        train_loop_config=config,
-        datasets=datasets,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=job.params.num_workers,
-            use_gpu=job.params.use_gpu,
-            resources_per_worker={"CPU": job.params.cpus_per_worker},
-        ),
-        run_config=ray.train.RunConfig(name=job.name, storage_path=str(job.storage_path.resolve())),
-    )
-    start = time.perf_counter()
-    log.info("training XGBoost on %d rows with %d Ray worker(s)", rows, job.params.num_workers)
-    result = trainer.fit()
-    seconds = time.perf_counter() - start
+    result, rows, seconds = run_ray_training(XGBoostTrainer, _train_loop, config, job, "XGBoost")
     booster = RayTrainReportCallback.get_model(result.checkpoint)
     best = booster.best_iteration
     metric = config["booster_params"]["eval_metric"][-1]
     score = float(booster.attr("best_score"))
     booster = booster[: best + 1]
-    job.model_dir.mkdir(parents=True, exist_ok=True)
+    write_meta(job.model_dir, {"framework": "xgboost", "task": pre.task, "feature_names": names, "feature_types": config["feature_types"], "classes": pre.classes})
     booster.save_model(job.model_dir / MODEL_FILE)
-    meta = {"framework": "xgboost", "task": pre.task, "feature_names": names, "feature_types": config["feature_types"], "classes": pre.classes}
-    (job.model_dir / META).write_text(json.dumps(meta, indent=2) + "\n")
     return TrainOutcome(best_iteration=best, best_score=score, metric=f"valid_{metric}", rows=rows, seconds=seconds)
 
 
