@@ -77,23 +77,6 @@ def test_champion_loads_and_predicts_on_raw_rows(first_run):
     assert json.loads(tags["params"])["register"]["model_name"] == "nycflights-delay"
 
 
-def test_failed_gate_stops_the_run_before_features(first_run):
-    """A declared rule the real data breaks: exit 1, the message names the column, no new version."""
-    project, _ = first_run
-    params = project / "params.yaml"
-    original = params.read_text()
-    features_before = (project / "data/features.parquet").stat().st_mtime_ns
-    try:
-        proc = sh(["d2m", "run", "--set", "validate.ranges.distance=[1, 100]"], project, check=False)
-    finally:
-        params.write_text(original)
-    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "distance" in proc.stderr and "Data Docs: " in proc.stderr
-    assert json.loads((project / "reports/validation.json").read_text())["success"] is True
-    assert (project / "data/features.parquet").stat().st_mtime_ns == features_before
-    assert json.loads((project / "reports/registration.json").read_text())["version"] == 1
-
-
 def test_changing_one_param_reruns_only_dependent_stages(first_run):
     project, _ = first_run
     params = project / "params.yaml"
@@ -157,3 +140,22 @@ def test_another_table_and_task_with_params_only(first_run, tmp_path, task, targ
     else:
         assert metrics["rmse"] > 0 and metrics["r2"] > -0.1
     assert (project / f"contracts/flights_small_{task}.json").exists()
+
+
+def test_failed_gate_stops_the_run_before_features(first_run):
+    """A declared rule the real data breaks: exit 1, the message names the column, no new version.
+
+    Last in the module: the failed run rewrites the Data Docs, so the next run revalidates."""
+    project, _ = first_run
+    params = project / "params.yaml"
+    original = params.read_text()
+    features_before = (project / "data/features.parquet").stat().st_mtime_ns
+    try:
+        proc = sh(["d2m", "run", "--set", "validate.ranges.distance=[1, 100]"], project, check=False)
+    finally:
+        params.write_text(original)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "distance" in proc.stderr and "Data Docs: " in proc.stderr
+    assert json.loads((project / "reports/validation.json").read_text())["success"] is True
+    assert (project / "data/features.parquet").stat().st_mtime_ns == features_before
+    assert json.loads((project / "reports/registration.json").read_text())["version"] == 1
