@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/orchestration.py [--repeats 3]
 
-Each pipeline figure runs in a fresh copy of the project (git + DVC, own MLflow and Prefect
-stores), so "cold" means nothing cached. Results go to bench/results/orchestration.json; the
+Each pipeline figure runs in a fresh clone of the committed project (HEAD; own MLflow and
+Prefect stores), so "cold" means nothing cached. Results go to bench/results/orchestration.json; the
 table in BENCHMARKS.md is copied from it.
 """
 
@@ -22,7 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import isolated_env, make_project_copy  # noqa: E402
+from tests.conftest import isolated_env  # noqa: E402
+
+
+def clone(dest: Path) -> Path:
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True)
+    return dest
 
 
 def timed(cmd: list[str], cwd: Path) -> float:
@@ -47,11 +52,11 @@ def main() -> None:
         bare, flow_cold, repro_cold, flow_noop, repro_noop = [], [], [], [], []
         for i in range(args.repeats):
             bare.append(timed([sys.executable, str(ROOT / "bench/bare_pipeline.py"), str(tmp / f"bare{i}")], ROOT))
-            project = make_project_copy(tmp / f"flow{i}")
+            project = clone(tmp / f"flow{i}")
             flow_cold.append(timed(["d2m", "run"], project))
             flow_noop.append(timed(["d2m", "run"], project))
             repro_noop.append(timed(["dvc", "repro"], project))
-            project = make_project_copy(tmp / f"repro{i}")
+            project = clone(tmp / f"repro{i}")
             repro_cold.append(timed(["dvc", "repro"], project))
         results = {
             "bare_script": median_of(bare),
