@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,13 +33,12 @@ def data_hashes(root: Path | str = ".") -> dict[str, str]:
 
 
 def flow_run_id() -> str | None:
-    """The Prefect flow run this stage runs in: in-process, or passed down to `dvc repro` children."""
-    if "prefect" in sys.modules:  # only a flow imports prefect; a stage process must not pay for it
-        from prefect.runtime import flow_run
+    """The Prefect flow run this stage runs in (stages run inside the flow's process)."""
+    if "prefect" not in sys.modules:  # only a flow imports prefect; `dvc repro` must not pay for it
+        return None
+    from prefect.runtime import flow_run
 
-        if flow_run.id:
-            return str(flow_run.id)
-    return os.environ.get("D2M_FLOW_RUN_ID")
+    return str(flow_run.id) if flow_run.id else None
 
 
 def lineage_tags(root: Path | str = ".", raw_path: str | None = None) -> dict[str, Any]:
