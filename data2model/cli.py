@@ -1,6 +1,7 @@
 """`d2m`: run the pipeline flow and report what it produced.
 
-Exit codes: 0 success, 1 the pipeline stopped on a problem it explains, 2 bad usage or params.
+Exit codes: 0 success, 1 the pipeline (or the command) stopped on a problem it explains, 2 bad
+usage or params.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from data2model.errors import D2MError, ParamsError
 from data2model.params import check_overrides, load_params, parse_override
@@ -46,6 +48,23 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _contract(args: argparse.Namespace) -> int:
+    from data2model.contract import contract_diff, profile
+    from data2model.tables import read_json, read_table, write_json
+
+    paths = load_params().paths
+    current = profile(read_table(paths.raw))
+    previous = read_json(paths.contract) if Path(paths.contract).exists() else {"rows": 0, "columns": {}}
+    changes = contract_diff(previous, current)
+    print("\n".join(changes) if changes else "no change in rows, columns, types, ranges, categories or null rates")
+    if args.refresh:
+        write_json(current, paths.contract)
+        print(f"wrote {paths.contract} from {paths.raw} ({current['rows']} rows): review the diff and commit it")
+    else:
+        print(f"dry run: {paths.contract} is unchanged; pass --refresh to write it")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="d2m", description="data2model: raw data to a served model, reproducibly (run from the project root).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -55,6 +74,13 @@ def parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="model name, tracking URI, champion version, latest metrics, data version")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_status)
+    contract = sub.add_parser(
+        "contract",
+        help="compare the data contract with a profile of the current raw table; --refresh rewrites it",
+        description="Profile paths.raw (run `dvc repro ingest` first) and print what differs from paths.contract: rows, columns added or removed, types, ranges, categories, null rates. Nothing is written without --refresh; the validate stage never re-profiles an existing contract.",
+    )
+    contract.add_argument("--refresh", action="store_true", help="write the new profile to paths.contract (then review the diff and commit it)")
+    contract.set_defaults(func=_contract)
     return p
 
 

@@ -27,6 +27,8 @@ class Paths(Section):
     validation: str = "reports/validation.json"
     contract: str = "contracts/nycflights13.json"
     data_docs: str = "reports/data_docs"
+    validated: str = "data/validated.parquet"
+    quarantine: str = "data/quarantine.parquet"
     features: str = "data/features.parquet"
     preprocessor: str = "models/preprocessor.json"
     split_dir: str = "data/split"
@@ -70,6 +72,10 @@ class Data(Section):
         return m.group(1), float(m.group(2))
 
 
+# The checks of the data contract, by the name params use for them (validate.severity keys).
+CHECKS = ("columns", "row_count", "exists", "type", "nulls", "range", "categories", "unique", "target_classes", "drift")
+
+
 class Validate(Section):
     """Declared part of the data contract; the profiled part lives in paths.contract."""
 
@@ -81,6 +87,23 @@ class Validate(Section):
     unique: list[list[str]] = Field(default_factory=list)
     null_margin: float = Field(0.05, ge=0, le=1)
     range_margin: float = Field(0.1, ge=0)
+    # `check` or `check:column` -> error (blocks) | warn (reported only); unlisted checks are errors.
+    severity: dict[str, Literal["error", "warn"]] = Field(default_factory=dict)
+    drift_threshold: float = Field(0.25, gt=0)
+    on_row_failure: Literal["fail", "quarantine"] = "fail"
+    max_quarantine_fraction: float = Field(0.01, ge=0, le=1)
+
+    @field_validator("severity")
+    @classmethod
+    def _known_checks(cls, severity: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(k for k in severity if k.partition(":")[0] not in CHECKS)
+        if unknown:
+            raise ValueError(f"unknown check(s) {unknown}: keys are a check or check:column, checks are {list(CHECKS)}")
+        return severity
+
+    def severity_of(self, check: str, column: str | None) -> Literal["error", "warn"]:
+        """`check:column` wins over `check`; anything not listed blocks."""
+        return self.severity.get(f"{check}:{column}", self.severity.get(check, "error"))
 
 
 class Features(Section):

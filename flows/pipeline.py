@@ -4,6 +4,7 @@ leave the same dvc.lock."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -13,7 +14,7 @@ from prefect.states import Failed, State
 
 from data2model.dag import StageResult, run_stage, stage_order
 from data2model.errors import D2MError
-from data2model.params import load_params, write_overrides
+from data2model.params import Params, load_params, write_overrides
 from data2model.status import pipeline_status
 
 
@@ -37,6 +38,8 @@ def stage_task(name: str) -> StageResult | State:
         # A user-facing problem: the state carries the explanation, not a library traceback.
         return Failed(message=f"{name}: {err}", data=err)
     logger.info("%s: %s", name, "ran" if result.ran else "up to date, skipped")
+    for warning in result.summary.get("warnings", []):  # checks of severity warn: reported, not blocking
+        logger.warning("%s warning: %s", name, warning)
     return result
 
 
@@ -64,6 +67,12 @@ def _summary_markdown(status: dict[str, Any], results: list[StageResult]) -> str
     )
 
 
+def _failure_markdown(stage: str, message: str, params: Params) -> str:
+    docs = Path(params.paths.data_docs, "index.html").resolve()
+    link = f"[Data Docs]({docs.as_uri()})" if docs.exists() else "no Data Docs yet"
+    return f"# data2model run failed at `{stage}`\n\n```\n{message}\n```\n\n{link}\n"
+
+
 @flow(name="data2model-pipeline", log_prints=True)
 def pipeline(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the DVC DAG on params.yaml (with `overrides`, dotted keys, written into params.yaml)."""
@@ -76,6 +85,7 @@ def pipeline(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     for name in stage_order():
         state = stage_task.with_options(task_run_name=name)(name, return_state=True)
         if state.is_failed():  # the run ends Failed with the stage's message; later stages never start
+            create_markdown_artifact(_failure_markdown(name, state.message, params), key="data2model-run", description=f"failed at {name}")
             return Failed(message=state.message, data=state.result(raise_on_failure=False))
         results.append(state.result())
     _push_data()

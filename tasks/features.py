@@ -34,7 +34,7 @@ def build_features(raw: pa.Table, params: Params) -> tuple[pa.Table, Preprocesso
 
 
 def run(params: Params) -> dict[str, Any]:
-    table, pre = build_features(read_table(params.paths.raw), params)
+    table, pre = build_features(read_table(params.paths.validated), params)
     write_table(table, params.paths.features)
     pre.save(params.paths.preprocessor)
     return {"rows": table.num_rows, "numeric": len(pre.numeric), "categorical": len(pre.categorical)}

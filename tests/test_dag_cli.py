@@ -59,7 +59,7 @@ def workdir(tmp_path: Path) -> Path:
 def test_help_lists_the_commands(tmp_path):
     proc = d2m("--help", cwd=tmp_path)
     assert proc.returncode == 0
-    assert "run" in proc.stdout and "status" in proc.stdout
+    assert "run" in proc.stdout and "status" in proc.stdout and "contract" in proc.stdout
 
 
 def test_run_help_documents_set(tmp_path):
@@ -136,3 +136,35 @@ def test_status_text_shows_dashes_for_what_does_not_exist_yet():
     assert "holdout metrics  auc=0.7500\n" in text  # integers such as row counts are not metrics
     assert "data version     - " in text
     assert "Data Docs" not in text
+
+
+def test_contract_shows_the_diff_and_writes_only_with_refresh(workdir):
+    import pyarrow as pa
+
+    from data2model.contract import profile
+    from data2model.tables import read_json, write_json, write_table
+
+    old = pa.table({"origin": ["EWR", "JFK"], "distance": [100, 200]})
+    new = pa.table({"origin": ["EWR", "JFK", "BOS"], "distance": [100, 200, 900], "carrier": ["AA", "B6", "UA"]})
+    write_json(profile(old), workdir / "contracts/nycflights13.json")
+    write_table(new, workdir / "data/raw.parquet")
+    before = (workdir / "contracts/nycflights13.json").read_bytes()
+
+    dry = d2m("contract", cwd=workdir)
+    assert dry.returncode == 0, dry.stderr
+    for line in ["rows: 2 -> 3", "column added: carrier (string)", "distance: range [100, 200] -> [100, 900]", "origin: categories +['BOS'] -[]", "dry run"]:
+        assert line in dry.stdout
+    assert (workdir / "contracts/nycflights13.json").read_bytes() == before
+
+    refresh = d2m("contract", "--refresh", cwd=workdir)
+    assert refresh.returncode == 0, refresh.stderr
+    assert "wrote contracts/nycflights13.json" in refresh.stdout
+    assert read_json(workdir / "contracts/nycflights13.json") == profile(new)
+    assert "no change" in d2m("contract", cwd=workdir).stdout
+
+
+def test_contract_without_a_raw_table_exits_1(workdir):
+    proc = d2m("contract", "--refresh", cwd=workdir)
+    assert proc.returncode == 1
+    assert "data/raw.parquet does not exist" in proc.stderr
+    assert not (workdir / "contracts").exists()

@@ -239,3 +239,24 @@ def test_invalid_override_writes_nothing(params_copy, overrides, named):
     assert "with overrides" in str(err.value)
     assert path.read_bytes() == before
     assert [p.name for p in params_copy.iterdir()] == ["params.yaml"]
+
+
+def test_severity_keys_are_checks_or_check_and_column():
+    rules = parse_params({"validate": {"severity": {"drift": "warn", "range:month": "warn", "range": "error"}}}).validate
+    assert rules.severity_of("drift", "distance") == "warn"
+    assert rules.severity_of("range", "month") == "warn"  # the column entry wins
+    assert rules.severity_of("range", "day") == "error"
+    assert rules.severity_of("nulls", "day") == "error"  # unlisted checks block
+
+
+@pytest.mark.parametrize("severity", [{"rnage": "warn"}, {"bogus:month": "warn"}, {"drift": "info"}], ids=["typo", "unknown-check", "unknown-level"])
+def test_severity_rejects_unknown_checks_and_levels(severity):
+    with pytest.raises(ParamsError, match=r"validate\.severity"):
+        parse_params({"validate": {"severity": severity}})
+
+
+def test_quarantine_settings_are_typed():
+    with pytest.raises(ParamsError, match=r"validate\.on_row_failure"):
+        parse_params({"validate": {"on_row_failure": "drop"}})
+    with pytest.raises(ParamsError, match=r"validate\.max_quarantine_fraction"):
+        parse_params({"validate": {"max_quarantine_fraction": 1.5}})

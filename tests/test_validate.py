@@ -13,7 +13,7 @@ import pytest
 from data2model.contract import describe_failure, profile
 from data2model.errors import ValidationFailed
 from data2model.params import Params, Paths, Validate, load_params
-from data2model.tables import write_json, write_table
+from data2model.tables import read_table, write_json, write_table
 from tasks.validate import ValidationReport, failed_report_path, run, validate_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,9 +187,17 @@ def test_profile_is_deterministic_and_ignores_row_order(tmp_path):
     write_json(profile(shuffled), tmp_path / "c.json")
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes() == (tmp_path / "c.json").read_bytes()
     columns = json.loads((tmp_path / "a.json").read_text())["columns"]
-    assert columns["origin"] == {"type": "string", "null_fraction": 0.0, "categories": ["EWR", "JFK", "LGA"]}
+    assert columns["origin"] == {
+        "type": "string",
+        "null_fraction": 0.0,
+        "categories": ["EWR", "JFK", "LGA"],
+        "value_shares": {"EWR": 0.35, "JFK": 0.35, "LGA": 0.3},
+    }
     assert columns["temp"]["null_fraction"] == 0.05
     assert (columns["distance"]["min"], columns["distance"]["max"]) == (100, 1050)
+    assert len(columns["distance"]["bin_edges"]) == 9
+    assert columns["distance"]["bin_shares"] == [0.1] * 10
+    assert (columns["time_hour"]["min"], columns["time_hour"]["max"]) == ("2013-01-01T05:00:00+00:00", "2013-01-02T00:00:00+00:00")
 
 
 def test_every_arrow_type_passes_its_own_type_check(tmp_path):
@@ -222,18 +230,24 @@ def test_stage_profiles_once_then_blocks_a_bad_batch(tmp_path):
         contract=str(tmp_path / "contract.json"),
         validation=str(tmp_path / "validation.json"),
         data_docs=str(tmp_path / "docs"),
+        validated=str(tmp_path / "validated.parquet"),
+        quarantine=str(tmp_path / "quarantine.parquet"),
     )
-    params = Params(paths=paths, validate=declared(), data={"target": TARGET})
+    params = Params(paths=paths, validate=declared(), data={"target": TARGET, "label_rule": None})
     write_table(good_table(), paths.raw)
     assert run(params)["rows"] == ROWS
     first = Path(paths.contract).read_bytes()
     assert json.loads(Path(paths.validation).read_text())["success"] is True
+    assert read_table(paths.validated).equals(good_table())
+    assert read_table(paths.quarantine).num_rows == 0
+    accepted = Path(paths.validated).read_bytes()
 
     write_table(replace(good_table(), "origin", pa.array(["BOS"] * ROWS)), paths.raw)
     with pytest.raises(ValidationFailed, match=r"origin: 20 values \(100.00%\) outside the allowed set"):
         run(params)
     assert Path(paths.contract).read_bytes() == first
     assert json.loads(Path(paths.validation).read_text())["success"] is True  # the accepted report stays
+    assert Path(paths.validated).read_bytes() == accepted  # and so does the accepted table
     report = json.loads(failed_report_path(paths.validation).read_text())
     assert report["success"] is False
     assert report["failed"][0]["sample_values"] == ["BOS"] * 5
