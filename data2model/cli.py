@@ -65,6 +65,34 @@ def _contract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry():
+    import mlflow
+
+    from data2model import tracking
+
+    params = load_params()
+    tracking.configure(params)
+    return mlflow.MlflowClient(), params.register.model_name
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from data2model.promotion import move_champion
+
+    client, name = _registry()
+    event = move_champion(client, name, args.version, "promote", args.reason)
+    print(f"{name}: champion is now version {event['version']} (was {event['previous_champion'] or '-'}); recorded in tag audit.* of version {event['version']}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from data2model.promotion import rollback
+
+    client, name = _registry()
+    event = rollback(client, name, args.reason)
+    print(f"{name}: champion rolled back to version {event['version']} (was {event['previous_champion']})")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="d2m", description="data2model: raw data to a served model, reproducibly (run from the project root).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -81,6 +109,21 @@ def parser() -> argparse.ArgumentParser:
     )
     contract.add_argument("--refresh", action="store_true", help="write the new profile to paths.contract (then review the diff and commit it)")
     contract.set_defaults(func=_contract)
+    promote = sub.add_parser(
+        "promote",
+        help="move the champion alias to a model version, with a reason",
+        description="Point models:/<name>@champion at VERSION in one registry call. The version gets an audit tag (when, what, why, previous champion) and remembers the previous champion for `d2m rollback`.",
+    )
+    promote.add_argument("version", metavar="VERSION", type=int, help="registered model version number")
+    promote.add_argument("--reason", required=True, help="why, recorded in the audit tag")
+    promote.set_defaults(func=_promote)
+    rollback = sub.add_parser(
+        "rollback",
+        help="move the champion alias back to the previous champion",
+        description="Point models:/<name>@champion back at the version the current champion replaced; the audit tag goes on that version. Repeated rollbacks walk further back.",
+    )
+    rollback.add_argument("--reason", default="rollback", help="why, recorded in the audit tag (default: rollback)")
+    rollback.set_defaults(func=_rollback)
     return p
 
 

@@ -41,6 +41,10 @@ class Paths(Section):
     def split(self, part: Literal["train", "valid", "test"]) -> str:
         return f"{self.split_dir}/{part}.parquet"
 
+    def raw_holdout(self) -> str:
+        """The holdout's rows as they arrived (with the label): what the promotion gate scores."""
+        return f"{self.split_dir}/test_raw.parquet"
+
 
 _RULE = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(-?\d+(\.\d+)?)\s*$")
 
@@ -173,7 +177,17 @@ class Evaluate(Section):
 
 
 class Register(Section):
+    """The promotion gate: the challenger takes `champion` only if it passes every rule."""
+
     model_name: str = Field("nycflights-delay", min_length=1)
+    # Primary metric (AUC binary, accuracy multiclass, RMSE regression) may be this much worse.
+    tolerance: float = Field(0.002, ge=0)
+    # Raw columns whose values are slices; a column the data lacks is skipped with a log line.
+    slices: list[str] = Field(default_factory=list)
+    max_slice_drop: float = Field(0.02, ge=0)
+    min_slice_rows: int = Field(200, ge=1)
+    # Expected calibration error (10 bins) the challenger may have; binary only.
+    max_ece: float = Field(0.15, ge=0, le=1)
 
 
 class Tracking(Section):

@@ -64,6 +64,18 @@ def _summary_markdown(status: dict[str, Any], results: list[StageResult]) -> str
         f"({', '.join(reg.get('aliases', [])) or 'not registered'}); champion: {status['champion_version']}\n\n"
         f"Data version (raw md5): `{status['data_version']}`  \n"
         f"MLflow: `{status['mlflow_ui']}`  \nData Docs: `{status['data_docs']}`\n"
+    ) + _gate_markdown(reg.get("gate"))
+
+
+def _gate_markdown(gate: dict[str, Any] | None) -> str:
+    """The promotion gate's decision and side-by-side table, when there was a champion to beat."""
+    if not gate:
+        return ""
+    lines = "\n".join(f"| {r['scope']} | {r['rows'] or ''} | {r['champion']:.4f} | {r['challenger']:.4f} | {r['change']:+.4f} |" for r in gate["table"])
+    verdict = "promoted to champion" if gate["promote"] else "not promoted"
+    return (
+        f"\n## Promotion gate vs champion version {gate['champion_version']}: {verdict}\n\n{gate['reason']}\n\n"
+        f"| {gate['metric']} | rows | champion | challenger | change (+ better) |\n|---|---|---|---|---|\n{lines}\n"
     )
 
 

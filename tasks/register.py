@@ -1,6 +1,7 @@
 """register: log the pyfunc (raw rows in, preprocessing inside) to the training run, check it
 predicts, register it as a new version with alias `challenger` (and `champion` if none exists),
-and tag the version with its lineage."""
+and tag the version with its lineage. With a champion in place, the promotion gate scores both
+on the same raw holdout and moves `champion` only if the challenger passes every rule."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from data2model import tracking
+from data2model import promotion, tracking
 from data2model.errors import D2MError
 from data2model.lineage import lineage_tags
 from data2model.params import Params
@@ -24,7 +25,7 @@ from data2model.stage import main
 from data2model.tables import read_json, read_table, write_json
 
 log = logging.getLogger("data2model.register")
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHAMPION, CHALLENGER = promotion.CHAMPION, "challenger"
 EXAMPLE_ROWS = 5
 _RUNTIME = {"xgboost": ["xgboost"], "torch": ["torch"]}
 
@@ -85,9 +86,28 @@ def check_round_trip(expected: pd.DataFrame, served: pd.DataFrame) -> None:
             raise D2MError(f"the logged model's {col} differs from in-process predictions: {b[:3]} vs {a[:3]}")
 
 
+def slice_values(holdout: pa.Table, columns: list[str]) -> dict[str, np.ndarray]:
+    """The configured slice columns the holdout has; the others are skipped with a log line."""
+    missing = [c for c in columns if c not in holdout.column_names]
+    if missing:
+        log.info("register.slices: %s not in the data, skipped", ", ".join(missing))
+    return {c: holdout[c].to_numpy(zero_copy_only=False) for c in columns if c in holdout.column_names}
+
+
+def gate(params: Params, task: str, champion, challenger) -> promotion.Decision:
+    """Score the champion and challenger pyfuncs on the same raw holdout and decide."""
+    holdout = read_table(params.paths.raw_holdout())
+    y = promotion.truth(holdout, task, params.data.target)
+    slices = slice_values(holdout, params.register.slices)
+    scores = [
+        promotion.score(task, y, model.predict(promotion.model_frame(holdout, model.metadata.get_input_schema())), slices, params.register.min_slice_rows)
+        for model in (champion, challenger)
+    ]
+    return promotion.decide(task, scores[0], scores[1], params.register)
+
+
 def run(params: Params) -> dict[str, Any]:
     import mlflow
-    from mlflow.exceptions import MlflowException
     from mlflow.models import ModelSignature
     from mlflow.types.utils import _infer_schema
 
@@ -115,14 +135,12 @@ def run(params: Params) -> dict[str, Any]:
             signature=ModelSignature(inputs=input_schema(raw), outputs=_infer_schema(expected)),
             input_example=example,
         )
-        check_round_trip(expected, mlflow.pyfunc.load_model(info.model_uri).predict(example))
+        challenger = mlflow.pyfunc.load_model(info.model_uri)
+        check_round_trip(expected, challenger.predict(example))
         run_id = active.info.run_id
     client = mlflow.MlflowClient()
     version = mlflow.register_model(info.model_uri, name).version
-    try:
-        has_champion = client.get_model_version_by_alias(name, CHAMPION) is not None
-    except MlflowException:
-        has_champion = False
+    champion = promotion.current_champion(client, name)
     tags = {
         **lineage_tags(".", params.paths.raw),
         "mlflow_run_id": run_id,
@@ -131,12 +149,22 @@ def run(params: Params) -> dict[str, Any]:
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))
-    aliases = choose_aliases(has_champion)
+    aliases = choose_aliases(champion is not None)
     for alias in aliases:
         client.set_registered_model_alias(name, alias, version)
     summary = {"model_name": name, "version": int(version), "aliases": aliases, "run_id": run_id, "model_uri": f"models:/{name}/{version}"}
+    if champion is not None:
+        decision = gate(params, pre.task, mlflow.pyfunc.load_model(f"models:/{name}/{champion}"), challenger)
+        gate_tags = {"gate.champion_version": champion, "gate.decision": "promoted" if decision.promote else "kept champion", "gate.reason": decision.reason, "gate.table": json.dumps(decision.table)}
+        for key, value in gate_tags.items():
+            client.set_model_version_tag(name, version, key, value)
+        if decision.promote:
+            promotion.move_champion(client, name, version, "gate", decision.reason)
+            summary["aliases"] = [*aliases, CHAMPION]
+        summary["gate"] = {"champion_version": int(champion), **decision.as_dict()}
+        log.info("gate vs champion version %s: %s (%s)", champion, gate_tags["gate.decision"], decision.reason)
     write_json(summary, params.paths.registration)
-    log.info("registered %s version %s with alias(es) %s", name, version, ", ".join(aliases))
+    log.info("registered %s version %s with alias(es) %s", name, version, ", ".join(summary["aliases"]))
     return summary
 
 

@@ -1,5 +1,6 @@
-"""split: train / valid / test. Time-ordered for the default (the holdout is the latest period),
-random and stratified by label for classification otherwise."""
+"""split: train / valid / test (encoded), plus the holdout's raw rows for the promotion gate.
+Time-ordered for the default (the holdout is the latest period), random and stratified by label
+for classification otherwise."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data2model.errors import DataError
-from data2model.params import Params, Split
-from data2model.preprocess import LABEL, TIME
+from data2model.params import Data, Params, Split
+from data2model.preprocess import LABEL, TIME, derive_label
 from data2model.stage import main
 from data2model.tables import read_table, write_table
 
@@ -42,22 +43,39 @@ def _at_random(table: pa.Table, params: Split, stratify: bool) -> dict[str, np.n
     return {p: np.sort(np.concatenate(v)) for p, v in parts.items()}
 
 
-def split_table(table: pa.Table, params: Split, task: str) -> dict[str, pa.Table]:
-    """Row sets for each part; every part must be non-empty."""
+def split_indices(table: pa.Table, params: Split, task: str) -> dict[str, np.ndarray]:
+    """Row numbers of each part; every part must be non-empty."""
     indices = _by_time(table, params) if params.method == "time" else _at_random(table, params, task != "regression")
-    body = table.drop_columns([TIME]) if TIME in table.column_names else table
-    parts = {p: body.take(pa.array(rows, pa.int64())) for p, rows in indices.items()}
-    empty = [p for p, t in parts.items() if t.num_rows == 0]
+    empty = [p for p, rows in indices.items() if len(rows) == 0]
     if empty:
         raise DataError(f"split leaves {', '.join(empty)} empty ({table.num_rows} rows): use more data or change split fractions")
-    return parts
+    return indices
+
+
+def split_table(table: pa.Table, params: Split, task: str) -> dict[str, pa.Table]:
+    body = table.drop_columns([TIME]) if TIME in table.column_names else table
+    return {p: body.take(pa.array(rows, pa.int64())) for p, rows in split_indices(table, params, task).items()}
+
+
+def raw_holdout(validated: pa.Table, data: Data, feature_rows: int, test_rows: np.ndarray) -> pa.Table:
+    """The holdout rows as they arrived, with the label: features encodes derive_label's rows in
+    order, so the same row numbers pick them out. Models with different preprocessors can all
+    be scored on it."""
+    labelled, _ = derive_label(validated, data)
+    if labelled.num_rows != feature_rows:
+        raise DataError(f"features hold {feature_rows} rows but the validated table labels {labelled.num_rows}: rerun the features stage")
+    return labelled.take(pa.array(test_rows, pa.int64()))
 
 
 def run(params: Params) -> dict[str, Any]:
-    parts = split_table(read_table(params.paths.features), params.split, params.data.task)
-    for name, part in parts.items():
-        write_table(part, params.paths.split(name))
-    return {name: part.num_rows for name, part in parts.items()}
+    features = read_table(params.paths.features)
+    indices = split_indices(features, params.split, params.data.task)
+    body = features.drop_columns([TIME]) if TIME in features.column_names else features
+    for name, rows in indices.items():
+        write_table(body.take(pa.array(rows, pa.int64())), params.paths.split(name))
+    holdout = raw_holdout(read_table(params.paths.validated), params.data, features.num_rows, indices["test"])
+    write_table(holdout, params.paths.raw_holdout())
+    return {name: len(rows) for name, rows in indices.items()}
 
 
 if __name__ == "__main__":

@@ -152,6 +152,7 @@ def test_failed_gate_stops_the_run_before_features(first_run):
     original = params.read_text()
     features_before = (project / "data/features.parquet").stat().st_mtime_ns
     version = json.loads((project / "reports/registration.json").read_text())["version"]
+    champion = json.loads(sh(["d2m", "status", "--json"], project).stdout)["champion_version"]
     try:
         proc = sh(["d2m", "run", "--set", "validate.ranges.distance=[1, 100]"], project, check=False)
     finally:
@@ -161,7 +162,7 @@ def test_failed_gate_stops_the_run_before_features(first_run):
     assert json.loads((project / "reports/validation.json").read_text())["success"] is True
     assert (project / "data/features.parquet").stat().st_mtime_ns == features_before
     assert json.loads((project / "reports/registration.json").read_text())["version"] == version
-    assert json.loads(sh(["d2m", "status", "--json"], project).stdout)["champion_version"] == 1
+    assert json.loads(sh(["d2m", "status", "--json"], project).stdout)["champion_version"] == champion
     sh(["d2m", "run"], project)  # good data again: the run succeeds and nothing needs retraining
     assert json.loads((project / "reports/registration.json").read_text())["version"] == version
     assert (project / "data/features.parquet").stat().st_mtime_ns == features_before
