@@ -87,7 +87,7 @@ def test_join_keeps_order_on_a_larger_table():
     flights = pa.table(
         {
             "flight": list(range(n)),
-            "origin": [("JFK", "EWR", "XXX")[i % 3] for i in range(n)],
+            "origin": [("JFK", "EWR", "ZZZ")[i % 3] for i in range(n)],
             "time_hour": pa.array(hours, TS),
             "tailnum": [f"N{i % 7}" for i in range(n)],
         }
@@ -97,7 +97,7 @@ def test_join_keeps_order_on_a_larger_table():
     out = join_flights(flights, weather, planes)
     assert out["flight"].to_pylist() == list(range(n))
     temps = out["temp"].to_pylist()
-    assert all(t is None for t in temps[2::3])  # origin XXX has no weather
+    assert all(t is None for t in temps[2::3])  # origin ZZZ (no such airport) has no weather
     assert temps[:2] == [0.0, 1.0]
 
 
