@@ -40,6 +40,26 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from data2model.serving import serve
+
+    params = load_params()
+    cfg = params.serve
+    serve(params, args.host or cfg.host, args.port or cfg.port, args.alias or cfg.alias, args.poll_seconds or cfg.poll_seconds)
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    load_params()  # bad params fail here, before Prefect starts
+    for key, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    from flows.batch_score import batch_score
+
+    summary = batch_score(input_path=args.input, output_path=args.output, alias=args.alias, batch_rows=args.batch_rows)
+    print(f"scored {summary['rows']:,} rows with {summary['model_name']} version {summary['model_version']} (@{summary['alias']}) -> {summary['output']}")
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     from data2model.status import describe, pipeline_status
 
@@ -99,6 +119,29 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the pipeline (a Prefect flow over the dvc.yaml DAG)", description="Run every stage DVC finds out of date, as a Prefect flow, then print metrics and the registered version.")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a params.yaml key (dotted, YAML value), e.g. --set train.xgboost.max_depth=6; written into params.yaml; repeatable")
     run.set_defaults(func=_run)
+    serve = sub.add_parser(
+        "serve",
+        help="serve models:/<name>@champion over HTTP (MLflow's /invocations protocol), following the alias",
+        description="Start a scoring server on the registry alias (default champion), bound to serve.host:serve.port from params.yaml. "
+        "Requests are checked against the model's signature (HTTP 400 naming the field, 413 over serve.max_rows, 415 for a wrong Content-Type). "
+        "A promote or rollback is picked up within serve.poll_seconds without dropping requests; GET /version says which version serves.",
+    )
+    serve.add_argument("--host", help="address to bind (default serve.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default serve.port, 5001)")
+    serve.add_argument("--alias", help="registry alias to serve and follow (default serve.alias, champion)")
+    serve.add_argument("--poll-seconds", type=float, help="how often to check where the alias points (default serve.poll_seconds)")
+    serve.set_defaults(func=_serve)
+    score = sub.add_parser(
+        "score",
+        help="batch-score a CSV/Parquet file with the champion (a Prefect flow)",
+        description="Score INPUT (CSV or Parquet with the raw columns) with models:/<name>@ALIAS in batches and write OUTPUT (.parquet or .csv): "
+        "the input columns, the predictions and a model_version column. OUTPUT appears only when every row scored.",
+    )
+    score.add_argument("input", metavar="INPUT", help="CSV or Parquet file to score")
+    score.add_argument("output", metavar="OUTPUT", help="where to write predictions (.parquet or .csv)")
+    score.add_argument("--alias", default="champion", help="registry alias of the model to use (default champion)")
+    score.add_argument("--batch-rows", type=int, default=50_000, help="rows per batch; bounds memory (default 50000)")
+    score.set_defaults(func=_score)
     status = sub.add_parser("status", help="model name, tracking URI, champion version, latest metrics, data version")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_status)

@@ -37,6 +37,7 @@ class Paths(Section):
     metrics: str = "reports/metrics.json"
     plots_dir: str = "reports/plots"
     registration: str = "reports/registration.json"
+    model_card: str = "reports/model_card.md"
 
     def split(self, part: Literal["train", "valid", "test"]) -> str:
         return f"{self.split_dir}/{part}.parquet"
@@ -188,6 +189,21 @@ class Register(Section):
     min_slice_rows: int = Field(200, ge=1)
     # Expected calibration error (10 bins) the challenger may have; binary only.
     max_ece: float = Field(0.15, ge=0, le=1)
+    # The model card's words for what the model is for and where it must not be trusted.
+    intended_use: str = "Not stated: set register.intended_use in params.yaml."
+    limitations: list[str] = Field(default_factory=list)
+
+
+class Serve(Section):
+    """`d2m serve`: the scoring server on a registry alias, and its request limits."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(5001, ge=1, le=65535)
+    alias: str = Field("champion", min_length=1)
+    # How often the server asks the registry where the alias points; a move is served within this.
+    poll_seconds: float = Field(5.0, gt=0)
+    max_rows: int = Field(10_000, ge=1)
+    max_body_mb: float = Field(32.0, gt=0)
 
 
 class Tracking(Section):
@@ -213,6 +229,7 @@ class Params(Section):
     evaluate: Evaluate = Field(default_factory=Evaluate)
     register_: Register = Field(default_factory=Register, alias="register")
     tracking: Tracking = Field(default_factory=Tracking)
+    serve: Serve = Field(default_factory=Serve)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from data2model.errors import D2MError
+from data2model.errors import D2MError, DataError
 from data2model.params import Register
 from data2model.preprocess import LABEL, as_utc_naive
 
@@ -133,10 +133,13 @@ def model_frame(table: pa.Table, schema) -> pd.DataFrame:
     columns = {}
     for name, kind in kinds.items():
         column = table[name]
-        if kind == "datetime" or pa.types.is_timestamp(column.type):
-            column = as_utc_naive(column, name).cast(pa.timestamp("us"))
-        elif kind in cast:
-            column = column.cast(cast[kind])
+        try:
+            if kind == "datetime" or pa.types.is_timestamp(column.type):
+                column = as_utc_naive(column, name).cast(pa.timestamp("us"))
+            elif kind in cast:
+                column = column.cast(cast[kind])
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+            raise DataError(f"column {name} ({column.type}) does not fit the model's {kind} field: {err}") from None
         columns[name] = column
     return pa.table(columns).to_pandas()
 
@@ -144,13 +147,17 @@ def model_frame(table: pa.Table, schema) -> pd.DataFrame:
 # --- the registry (I/O) ---------------------------------------------------------------------
 
 
-def current_champion(client, name: str) -> str | None:
+def alias_version(client, name: str, alias: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(client.get_model_version_by_alias(name, CHAMPION).version)
+        return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
+
+
+def current_champion(client, name: str) -> str | None:
+    return alias_version(client, name, CHAMPION)
 
 
 def move_champion(client, name: str, version: str | int, action: str, reason: str) -> dict[str, Any]:

@@ -17,15 +17,13 @@ def _read(path: str) -> dict[str, Any] | None:
 
 def champion_version(params: Params) -> int | None:
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     from data2model import tracking
+    from data2model.promotion import current_champion
 
     tracking.configure(params)
-    try:
-        return int(mlflow.MlflowClient().get_model_version_by_alias(params.register.model_name, "champion").version)
-    except MlflowException:
-        return None
+    version = current_champion(mlflow.MlflowClient(), params.register.model_name)
+    return int(version) if version is not None else None
 
 
 def pipeline_status(params: Params, root: Path | str = ".") -> dict[str, Any]:

