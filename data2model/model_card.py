@@ -49,6 +49,8 @@ def render(facts: dict[str, Any]) -> str:
             f"## Slices ({scores['metric']}, the {len(worst)} weakest of {len(scores['slices'])} with at least {scores['min_rows']} holdout rows)",
             _table(["slice", "rows", scores["metric"]], [[name, f"{n:,}", _num(value)] for name, (value, n) in worst]),
         ]
+    else:
+        sections += ["## Slices", f"No value of the `register.slices` columns has at least {scores['min_rows']} holdout rows (`register.min_slice_rows`), so no slice is reported."]
     if scores.get("ece") is not None:
         sections += ["## Calibration", f"Expected calibration error on the holdout (10 bins): {scores['ece']:.4f}. Decision threshold: {_num(facts['threshold'])}. The reliability diagram is `reports/plots/calibration.png`."]
     gate = facts.get("gate")

@@ -205,3 +205,14 @@ def to_frame(columns: dict[str, list[Any]], fields: list[Field], max_rows: int) 
 
 def request_frame(body: bytes, content_type: str | None, fields: list[Field], max_rows: int) -> pd.DataFrame:
     return to_frame(parse_body(body, content_type, fields), fields, max_rows)
+
+
+def json_records(table, names: list[str]) -> list[dict[str, Any]]:
+    """Rows of an Arrow table as a client sends them: the named fields, timestamps as ISO
+    strings, missing numbers as null."""
+    def value(v: Any) -> Any:
+        if isinstance(v, datetime):
+            return v.isoformat()
+        return None if isinstance(v, float) and math.isnan(v) else v
+
+    return [{n: value(row[n]) for n in names} for row in table.select(names).to_pylist()]

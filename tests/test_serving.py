@@ -5,15 +5,14 @@ the alias swap under load with no failed request, batch scoring, and the model c
 from __future__ import annotations
 
 import json
-import math
 import socket
 import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -54,20 +53,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def call(port: int, path: str, body: bytes | None = None, content_type: str | None = "application/json") -> tuple[int, dict, dict]:
+def call(port: int, path: str, body: bytes | None = None, content_type: str | None = "application/json") -> tuple[int, Any, Any]:
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST" if body is not None else "GET")
     if content_type and body is not None:
         request.add_header("Content-Type", content_type)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, dict(response.headers), json.loads(response.read() or b"null")
+            return response.status, response.headers, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as err:
         payload = err.read()
         try:
             doc = json.loads(payload)
         except json.JSONDecodeError:
             doc = {"raw": payload.decode(errors="replace")}
-        return err.code, dict(err.headers), doc
+        return err.code, err.headers, doc
 
 
 @pytest.fixture
@@ -103,16 +102,11 @@ def request_rows(project: Path, n: int) -> list[dict]:
     """Holdout rows as a client sends them: the signature's fields, JSON values."""
     import mlflow
 
+    from data2model.request_checks import json_records
+
     registry(project)
     fields = mlflow.models.get_model_info(f"models:/{MODEL}@champion").signature.inputs.input_names()
-    rows = pq.read_table(project / "data/split/test_raw.parquet").slice(0, n).to_pylist()
-
-    def jsonable(v):
-        if isinstance(v, datetime):
-            return v.isoformat()
-        return None if isinstance(v, float) and math.isnan(v) else v
-
-    return [{f: jsonable(row[f]) for f in fields} for row in rows]
+    return json_records(pq.read_table(project / "data/split/test_raw.parquet").slice(0, n), fields)
 
 
 def records(rows: list[dict]) -> bytes:
@@ -167,7 +161,7 @@ def test_malformed_requests_get_4xx_naming_the_problem_and_the_server_stays_heal
 
 def test_running_server_follows_promote_and_rollback_with_no_failed_request(served_project, server):
     client = registry(served_project)
-    before = client.get_model_version_by_alias(MODEL, "champion").version
+    before = str(client.get_model_version_by_alias(MODEL, "champion").version)
     other = "1" if before == "2" else "2"
     row = records(request_rows(served_project, 1))
     seen, failures, stop = [], [], threading.Event()
