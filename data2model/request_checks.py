@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 JSON_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
@@ -167,6 +168,28 @@ def _series(kind: str, values: list[Any]) -> pd.Series:
     return pd.Series(clean, dtype="object")
 
 
+_EXACT = {"long": (int,), "integer": (int,), "double": (int, float), "float": (int, float), "string": (str,), "boolean": (bool,), "datetime": (str,)}
+
+
+def _fast_series(f: Field, values: list[Any]) -> pd.Series | None:
+    """The usual request in one conversion per column: every value exactly of the field's
+    Python type (null allowed where optional), numbers finite, timestamps ISO. None sends the
+    field to the value-by-value checks, which say what is wrong (or accept 9.0 as an integer).
+    Exact types matter: Arrow and pandas would quietly turn 9.5 into 9 and True into 1.0."""
+    allowed = _EXACT.get(f.kind, ()) + (() if f.required else (type(None),))
+    if not all(type(v) in allowed for v in values):
+        return None
+    if f.kind == "datetime":
+        try:
+            return _series(f.kind, values)
+        except ValueError:
+            return None
+    column = _series(f.kind, values)
+    if f.kind in ("double", "float") and (np.isinf(column).any() or (f.required and column.isna().any())):
+        return None
+    return column
+
+
 def _field_errors(f: Field, values: list[Any]) -> list[str]:
     """Up to one more than MAX_ERRORS_SHOWN problems of one field (enough to say "and more")."""
     errors = []
@@ -195,12 +218,21 @@ def to_frame(columns: dict[str, list[Any]], fields: list[Field], max_rows: int) 
         raise RequestError(400, f"missing required field(s) {', '.join(map(repr, missing))}")
     if rows > max_rows:
         raise RequestError(413, f"{rows} rows in one request is more than serve.max_rows={max_rows}: split the batch")
-    errors = [e for f in fields for e in _field_errors(f, columns.get(f.name, [None] * rows))]
+    series, errors = {}, []
+    for f in fields:
+        values = columns.get(f.name, [None] * rows)
+        fast = _fast_series(f, values)
+        if fast is not None:
+            series[f.name] = fast
+        elif problems := _field_errors(f, values):
+            errors += problems
+        else:
+            series[f.name] = _series(f.kind, values)
     if errors:
         shown = errors[:MAX_ERRORS_SHOWN]
         more = " (and more)" if len(errors) > MAX_ERRORS_SHOWN else ""
         raise RequestError(400, "; ".join(shown) + more)
-    return pd.DataFrame({f.name: _series(f.kind, columns.get(f.name, [None] * rows)) for f in fields})
+    return pd.DataFrame(series)
 
 
 def request_frame(body: bytes, content_type: str | None, fields: list[Field], max_rows: int) -> pd.DataFrame:

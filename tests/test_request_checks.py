@@ -74,6 +74,8 @@ def test_integral_float_in_integer_field_is_accepted():
         (body({"dataframe_records": [{**ROW, "carrier": None}]}), JSON, 400, ["'carrier'", "null"]),
         (b'{"dataframe_records": [{"month": 11, "carrier": "UA", "distance": NaN, "time_hour": "2013-11-02"}]}', JSON, 400, ["'distance'", "NaN"]),
         (body({"dataframe_records": [{**ROW, "distance": True}]}), JSON, 400, ["'distance'", "number"]),
+        (b'{"dataframe_records": [{"month": 11, "carrier": "UA", "distance": Infinity, "time_hour": "2013-11-02"}]}', JSON, 400, ["'distance'", "finite"]),
+        (body({"dataframe_records": [{**ROW, "dep_delay_hint": True}]}), JSON, 400, ["'dep_delay_hint'", "number"]),
         (body({"dataframe_records": [{**ROW, "time_hour": "yesterday"}]}), JSON, 400, ["'time_hour'", "timestamp"]),
         (body({"dataframe_records": []}), JSON, 400, ["no rows"]),
         (body({"dataframe_split": {"columns": ["month", "carrier"], "data": [[1]]}}), JSON, 400, ["row 0", "1 values for 2 columns"]),
