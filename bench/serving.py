@@ -1,10 +1,10 @@
 """Serving cost: `d2m serve` over HTTP against in-process pyfunc predict on the same rows.
 
 Single-row latency (p50/p99 over sequential requests on one keep-alive connection) and 1,000-row
-batch throughput, each against `model.predict` on the same rows already in a DataFrame. Run after
-`make run`, from the project root:
+batch throughput, with the inference log off and on, each against `model.predict` on the same
+rows already in a DataFrame. Run after `make run`, from the project root:
 
-    .venv/bin/python bench/serving.py --requests 500 --batches 20
+    .venv/bin/python bench/serving.py --requests 500 --batches 20 --repeats 3
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ def quantiles(seconds: list[float]) -> dict[str, float]:
     return {"p50_ms": statistics.median(ms), "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))]}
 
 
-def start_server(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "d2m"), "serve", "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def start_server(port: int, log_requests: bool) -> subprocess.Popen:
+    cmd = [str(Path(sys.executable).parent / "d2m"), "serve", "--port", str(port), *([] if log_requests else ["--no-log"])]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -80,6 +81,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=500, help="single-row requests (after 20 warm-up)")
     ap.add_argument("--batches", type=int, default=20, help="1,000-row requests")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of every variant; figures are medians over rounds")
     ap.add_argument("--out", default=str(ROOT / "bench/results/serving.json"))
     args = ap.parse_args()
 
@@ -94,32 +96,37 @@ def main() -> None:
     single_frames = [request_frame(b, "application/json", fields, BATCH) for b in singles]
     batch_frame = request_frame(batch, "application/json", fields, BATCH)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = start_server(port)
-    try:
-        served_single = http_timings(port, singles)[20:]
-        served_batch = http_timings(port, [batch] * (args.batches + 2))[2:]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    local_single = predict_timings(model, single_frames)[20:]
-    local_batch = predict_timings(model, [batch_frame] * (args.batches + 2))[2:]
+    def served(log_requests: bool) -> tuple[list[float], list[float]]:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        server = start_server(port, log_requests)
+        try:
+            return http_timings(port, singles)[20:], http_timings(port, [batch] * (args.batches + 2))[2:]
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
 
-    result = {
-        "requests": args.requests, "batches": args.batches, "batch_rows": BATCH,
-        "served_single": quantiles(served_single), "in_process_single": quantiles(local_single),
-        "served_batch_rows_per_s": BATCH / statistics.median(served_batch),
-        "in_process_batch_rows_per_s": BATCH / statistics.median(local_batch),
-    }
-    result["single_p50_ratio"] = result["served_single"]["p50_ms"] / result["in_process_single"]["p50_ms"]
-    result["batch_throughput_ratio"] = result["in_process_batch_rows_per_s"] / result["served_batch_rows_per_s"]
+    rounds = {"in_process": [], "served": [], "served_logging": []}
+    for _ in range(args.repeats):  # interleaved, so drift in machine load hits every variant alike
+        rounds["served"].append(served(log_requests=False))
+        rounds["served_logging"].append(served(log_requests=True))
+        rounds["in_process"].append((predict_timings(model, single_frames)[20:], predict_timings(model, [batch_frame] * (args.batches + 2))[2:]))
+
+    def summary(runs):
+        per_run = [{**quantiles(single), "batch_rows_per_s": BATCH / statistics.median(batches)} for single, batches in runs]
+        return {key: statistics.median(r[key] for r in per_run) for key in per_run[0]} | {"runs": per_run}
+
+    result = {"requests": args.requests, "batches": args.batches, "batch_rows": BATCH, "repeats": args.repeats, **{k: summary(v) for k, v in rounds.items()}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    s, l = result["served_single"], result["in_process_single"]
-    print(f"| single row p50 / p99 | {s['p50_ms']:.1f} / {s['p99_ms']:.1f} ms | {l['p50_ms']:.1f} / {l['p99_ms']:.1f} ms | {result['single_p50_ratio']:.2f}x (p50) |")
-    print(f"| 1,000-row batches | {result['served_batch_rows_per_s']:,.0f} rows/s | {result['in_process_batch_rows_per_s']:,.0f} rows/s | {result['batch_throughput_ratio']:.2f}x slower |")
+    ref = result["in_process"]
+    print("| variant | single row p50 / p99 | p50 vs in-process | 1,000-row batches | throughput vs in-process |")
+    print("|---|---|---|---|---|")
+    for key in rounds:
+        r = result[key]
+        print(f"| {key} | {r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms | {r['p50_ms'] / ref['p50_ms']:.2f}x | {r['batch_rows_per_s']:,.0f} rows/s | {r['batch_rows_per_s'] / ref['batch_rows_per_s']:.2f}x |")
+    print(f"logging on vs off: p99 {result['served_logging']['p99_ms'] / result['served']['p99_ms']:.2f}x, p50 {result['served_logging']['p50_ms'] / result['served']['p50_ms']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     params = load_params()
     cfg = params.serve
-    serve(params, args.host or cfg.host, args.port or cfg.port, args.alias or cfg.alias, args.poll_seconds or cfg.poll_seconds)
+    serve(params, args.host or cfg.host, args.port or cfg.port, args.alias or cfg.alias, args.poll_seconds or cfg.poll_seconds, args.version, not args.no_log)
     return 0
 
 
@@ -92,14 +92,16 @@ def _registry():
 
     params = load_params()
     tracking.configure(params)
-    return mlflow.MlflowClient(), params.register.model_name
+    return mlflow.MlflowClient(), params
 
 
 def _promote(args: argparse.Namespace) -> int:
+    from data2model.canary import canary_check
     from data2model.promotion import move_champion
 
-    client, name = _registry()
-    event = move_champion(client, name, args.version, "promote", args.reason)
+    client, params = _registry()
+    name = params.register.model_name
+    event = move_champion(client, name, args.version, "promote", args.reason, check=canary_check(params))
     print(f"{name}: champion is now version {event['version']} (was {event['previous_champion'] or '-'}); recorded in tag audit.* of version {event['version']}")
     return 0
 
@@ -107,7 +109,8 @@ def _promote(args: argparse.Namespace) -> int:
 def _rollback(args: argparse.Namespace) -> int:
     from data2model.promotion import rollback
 
-    client, name = _registry()
+    client, params = _registry()
+    name = params.register.model_name
     event = rollback(client, name, args.reason)
     print(f"{name}: champion rolled back to version {event['version']} (was {event['previous_champion']})")
     return 0
@@ -128,7 +131,10 @@ def parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address to bind (default serve.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default serve.port, 5001)")
-    serve.add_argument("--alias", help="registry alias to serve and follow (default serve.alias, champion)")
+    which = serve.add_mutually_exclusive_group()
+    which.add_argument("--alias", help="registry alias to serve and follow (default serve.alias, champion)")
+    which.add_argument("--version", help="serve this one version and follow nothing (what the canary does before a promotion)")
+    serve.add_argument("--no-log", action="store_true", help="do not write the inference log (serve.log) for this server")
     serve.add_argument("--poll-seconds", type=float, help="how often to check where the alias points (default serve.poll_seconds)")
     serve.set_defaults(func=_serve)
     score = sub.add_parser(
@@ -155,7 +161,7 @@ def parser() -> argparse.ArgumentParser:
     promote = sub.add_parser(
         "promote",
         help="move the champion alias to a model version, with a reason",
-        description="Point models:/<name>@champion at VERSION in one registry call. The version gets an audit tag (when, what, why, previous champion) and remembers the previous champion for `d2m rollback`.",
+        description="Serve VERSION in a canary (a real `d2m serve` on a free loopback port: it must answer holdout rows like in-process predict, within register.canary's latency bound), then point models:/<name>@champion at it in one registry call. The version gets an audit tag (when, what, why, previous champion, the canary's result) and remembers the previous champion for `d2m rollback`. A failed canary moves nothing and exits 1.",
     )
     promote.add_argument("version", metavar="VERSION", type=int, help="registered model version number")
     promote.add_argument("--reason", required=True, help="why, recorded in the audit tag")

@@ -15,3 +15,7 @@ class DataError(D2MError):
 
 class ValidationFailed(D2MError):
     """The data contract blocked the batch: the message lists each failed expectation."""
+
+
+class CanaryFailed(D2MError):
+    """A candidate failed the canary before a promotion; the message says how. Nothing moved."""

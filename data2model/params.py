@@ -177,6 +177,17 @@ class Evaluate(Section):
         raise ValueError("must be a probability strictly between 0 and 1, or max_f1")
 
 
+class Canary(Section):
+    """Before `champion` moves, the candidate is served the way `d2m serve` serves it and must
+    answer its input example and holdout rows as in-process predict does, fast enough."""
+
+    enabled: bool = True
+    rows: int = Field(200, ge=1)               # holdout rows sent in one request
+    tolerance: float = Field(1e-6, ge=0)       # largest allowed |served - in-process| per number
+    max_p50_ms: float = Field(250.0, gt=0)     # median single-row latency bound
+    start_timeout_s: float = Field(120.0, gt=0)
+
+
 class Register(Section):
     """The promotion gate: the challenger takes `champion` only if it passes every rule."""
 
@@ -190,8 +201,24 @@ class Register(Section):
     # Expected calibration error (10 bins) the challenger may have; binary only.
     max_ece: float = Field(0.15, ge=0, le=1)
     # The model card's words for what the model is for and where it must not be trusted.
+    canary: Canary = Field(default_factory=Canary)
     intended_use: str = "Not stated: set register.intended_use in params.yaml."
     limitations: list[str] = Field(default_factory=list)
+
+
+class InferenceLog(Section):
+    """A sample of served requests (features, prediction, version, time) in rotating Parquet
+    files, written off the request path: what monitoring compares with the training data."""
+
+    enabled: bool = True
+    folder: str = "logs/inference"
+    sample: float = Field(1.0, ge=0, le=1)       # share of requests logged
+    drop: list[str] = Field(default_factory=list)  # input columns never written
+    hash: list[str] = Field(default_factory=list)  # input columns written as a 64-bit hash
+    rows_per_file: int = Field(10_000, ge=1)
+    max_files: int = Field(100, ge=1)             # oldest files are deleted beyond this
+    flush_seconds: float = Field(5.0, gt=0)
+    queue_rows: int = Field(100_000, ge=1)        # requests beyond this backlog are not logged (counted)
 
 
 class Serve(Section):
@@ -204,6 +231,7 @@ class Serve(Section):
     poll_seconds: float = Field(5.0, gt=0)
     max_rows: int = Field(10_000, ge=1)
     max_body_mb: float = Field(32.0, gt=0)
+    log: InferenceLog = Field(default_factory=InferenceLog)
 
 
 class Tracking(Section):

@@ -7,6 +7,7 @@ The scoring and the decision are pure; the registry functions take an MlflowClie
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from data2model.errors import D2MError, DataError
+from data2model.errors import CanaryFailed, D2MError, DataError
 from data2model.params import Register
 from data2model.preprocess import LABEL, as_utc_naive
 
@@ -160,10 +161,12 @@ def current_champion(client, name: str) -> str | None:
     return alias_version(client, name, CHAMPION)
 
 
-def move_champion(client, name: str, version: str | int, action: str, reason: str) -> dict[str, Any]:
+def move_champion(client, name: str, version: str | int, action: str, reason: str, check: Callable[[str, str], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Point `champion` at `version`, recording when, what, why and the previous champion in a
-    version tag. The tag is written "pending" first; the alias moves in one registry call, so a
-    failure before it leaves the old champion in place; then the tag is marked "done"."""
+    version tag. `check` (the canary) runs first: if it raises, the event is recorded as
+    "blocked" and nothing moves. The tag is written "pending" first; the alias moves in one
+    registry call, so a failure before it leaves the old champion in place; then the tag is
+    marked "done"."""
     from mlflow.exceptions import MlflowException
 
     version = str(version)
@@ -177,6 +180,12 @@ def move_champion(client, name: str, version: str | int, action: str, reason: st
     at = datetime.now(timezone.utc)
     key = f"audit.{at.strftime('%Y%m%dT%H%M%S.%fZ')}.{action}"
     event = {"action": action, "at": at.isoformat(), "version": version, "previous_champion": previous, "reason": reason, "status": "pending"}
+    if check is not None:
+        try:
+            event["canary"] = check(name, version)
+        except D2MError as err:
+            client.set_model_version_tag(name, version, key, json.dumps({**event, "status": "blocked", "canary": {"passed": False, "reason": str(err)}}))
+            raise CanaryFailed(f"version {version} of {name} not promoted, champion stays {previous or '-'}: canary failed: {err}") from None
     client.set_model_version_tag(name, version, key, json.dumps(event))
     if action != "rollback" and previous is not None:
         client.set_model_version_tag(name, version, PREVIOUS_TAG, previous)

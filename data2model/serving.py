@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from data2model.errors import D2MError
+from data2model.inference_log import InferenceLog, stats_dict
 from data2model.promotion import alias_version
 from data2model.request_checks import Field, RequestError, fields_of, request_frame
 
@@ -48,14 +49,16 @@ def load_version(name: str, version: str) -> Loaded:
 
 
 class AliasSlot:
-    """The model an alias points to, reloaded when the alias moves."""
+    """The model an alias points to, reloaded when the alias moves; or one pinned version
+    (`alias` None), which the canary serves before a promotion."""
 
-    def __init__(self, client, name: str, alias: str, poll_seconds: float):
+    def __init__(self, client, name: str, alias: str | None, poll_seconds: float, version: str | None = None):
         self.client, self.name, self.alias, self.poll_seconds = client, name, alias, poll_seconds
-        version = alias_version(client, name, alias)
-        if version is None:
-            raise D2MError(f"no version of registered model {name!r} has alias {alias!r}: run the pipeline (d2m run) or `d2m promote` a version first")
-        self.current = load_version(name, version)
+        if alias is not None:
+            version = alias_version(client, name, alias)
+            if version is None:
+                raise D2MError(f"no version of registered model {name!r} has alias {alias!r}: run the pipeline (d2m run) or `d2m promote` a version first")
+        self.current = load_version(name, str(version))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -84,6 +87,8 @@ class AliasSlot:
             self.refresh()
 
     def start(self) -> None:
+        if self.alias is None:
+            return
         self._thread = threading.Thread(target=self._follow, name="alias-follower", daemon=True)
         self._thread.start()
 
@@ -93,16 +98,17 @@ class AliasSlot:
             self._thread.join(timeout=self.poll_seconds + 5)
 
 
-def predict_json(loaded: Loaded, frame) -> str:
-    """Predictions in MLflow's response format."""
+def predict_json(loaded: Loaded, frame):
+    """The predictions frame and its JSON in MLflow's response format."""
     from mlflow.pyfunc.scoring_server import predictions_to_json
 
+    predictions = loaded.model.predict(frame)
     out = StringIO()
-    predictions_to_json(loaded.model.predict(frame), out)
-    return out.getvalue()
+    predictions_to_json(predictions, out)
+    return predictions, out.getvalue()
 
 
-def create_app(slot: AliasSlot, max_rows: int, max_bytes: int) -> FastAPI:
+def create_app(slot: AliasSlot, max_rows: int, max_bytes: int, inference_log: InferenceLog | None = None) -> FastAPI:
     from contextlib import asynccontextmanager
 
     from mlflow.exceptions import MlflowException
@@ -111,16 +117,21 @@ def create_app(slot: AliasSlot, max_rows: int, max_bytes: int) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app):
         slot.start()
+        if inference_log is not None:
+            inference_log.start()
         yield
         slot.stop()
+        if inference_log is not None:
+            inference_log.close()
 
-    app = FastAPI(title=f"data2model scoring: {slot.name}@{slot.alias}", lifespan=lifespan)
+    app = FastAPI(title=f"data2model scoring: {slot.name}", lifespan=lifespan)
 
     def error(status: int, message: str, version: str) -> JSONResponse:
         return JSONResponse({"error_code": HTTPStatus(status).name, "message": message}, status_code=status, headers={"X-Model-Version": version})
 
     def describe(loaded: Loaded) -> dict[str, Any]:
-        return {"model_name": slot.name, "alias": slot.alias, "version": loaded.version, "loaded_at": loaded.loaded_at, "mlflow_version": VERSION}
+        logged = stats_dict(inference_log.stats) if inference_log is not None else None
+        return {"model_name": slot.name, "alias": slot.alias, "version": loaded.version, "loaded_at": loaded.loaded_at, "mlflow_version": VERSION, "inference_log": logged}
 
     @app.get("/ping")
     @app.get("/health")
@@ -143,18 +154,20 @@ def create_app(slot: AliasSlot, max_rows: int, max_bytes: int) -> FastAPI:
             return error(413, f"request body of {len(body)} bytes is more than serve.max_body_mb allows ({max_bytes} bytes)", loaded.version)
         try:
             frame = request_frame(body, request.headers.get("content-type"), loaded.fields, max_rows)
-            content = await asyncio.to_thread(predict_json, loaded, frame)
+            predictions, content = await asyncio.to_thread(predict_json, loaded, frame)
         except RequestError as err:
             return error(err.status, err.message, loaded.version)
         except MlflowException as err:  # schema enforcement the checks above did not foresee
             return error(400, err.message, loaded.version)
+        if inference_log is not None:
+            inference_log.record(frame, predictions, loaded.version)
         return Response(content=content, media_type="application/json", headers={"X-Model-Version": loaded.version})
 
     return app
 
 
-def serve(params, host: str, port: int, alias: str, poll_seconds: float) -> None:
-    """Load the alias's version, then serve until interrupted."""
+def serve(params, host: str, port: int, alias: str | None, poll_seconds: float, version: str | None = None, log_requests: bool = True) -> None:
+    """Load the alias's version (or the pinned `version`), then serve until interrupted."""
     import mlflow
     import uvicorn
 
@@ -162,7 +175,9 @@ def serve(params, host: str, port: int, alias: str, poll_seconds: float) -> None
 
     tracking.configure(params)
     name = params.register.model_name
-    slot = AliasSlot(mlflow.MlflowClient(), name, alias, poll_seconds)
-    app = create_app(slot, params.serve.max_rows, int(params.serve.max_body_mb * 1024 * 1024))
-    print(f"serving {name} version {slot.current.version} (@{alias}) on http://{host}:{port}  (POST /invocations, GET /ping, GET /version); following @{alias} every {poll_seconds:g} s", flush=True)
+    slot = AliasSlot(mlflow.MlflowClient(), name, None if version else alias, poll_seconds, version)
+    inference_log = InferenceLog(params.serve.log) if params.serve.log.enabled and log_requests else None
+    app = create_app(slot, params.serve.max_rows, int(params.serve.max_body_mb * 1024 * 1024), inference_log)
+    following = f"following @{alias} every {poll_seconds:g} s" if slot.alias else "pinned: the alias is not followed"
+    print(f"serving {name} version {slot.current.version} on http://{host}:{port}  (POST /invocations, GET /ping, GET /version); {following}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

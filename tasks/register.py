@@ -5,6 +5,7 @@ on the same raw holdout and moves `champion` only if the challenger passes every
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from importlib import metadata
@@ -16,7 +17,8 @@ import pandas as pd
 import pyarrow as pa
 
 from data2model import model_card, promotion, tracking
-from data2model.errors import D2MError
+from data2model.canary import canary_check
+from data2model.errors import CanaryFailed, D2MError
 from data2model.lineage import lineage_tags
 from data2model.params import Params
 from data2model.preprocess import Preprocessor, as_utc_naive
@@ -191,12 +193,15 @@ def run(params: Params) -> dict[str, Any]:
     scores = holdout_scores(params, pre.task, models)
     if champion is not None:
         decision = promotion.decide(pre.task, scores[1], scores[0], params.register)
+        if decision.promote:
+            try:
+                promotion.move_champion(client, name, version, "gate", decision.reason, check=canary_check(params))
+                summary["aliases"] = [*aliases, CHAMPION]
+            except CanaryFailed as err:
+                decision = dataclasses.replace(decision, promote=False, reason=f"{decision.reason}; but {err}")
         gate_tags = {"gate.champion_version": champion, "gate.decision": "promoted" if decision.promote else "kept champion", "gate.reason": decision.reason, "gate.table": json.dumps(decision.table)}
         for key, value in gate_tags.items():
             client.set_model_version_tag(name, version, key, value)
-        if decision.promote:
-            promotion.move_champion(client, name, version, "gate", decision.reason)
-            summary["aliases"] = [*aliases, CHAMPION]
         summary["gate"] = {"champion_version": int(champion), **decision.as_dict()}
         log.info("gate vs champion version %s: %s (%s)", champion, gate_tags["gate.decision"], decision.reason)
     card = model_card.render(card_facts(params, summary, tags, metrics, scores[0], rows, scorer.meta["framework"]))

@@ -12,7 +12,8 @@ import mlflow.pyfunc
 import pytest
 from mlflow.types import ColSpec, Schema
 
-from data2model.errors import D2MError
+from data2model.canary import compare
+from data2model.errors import CanaryFailed, D2MError
 from data2model.params import Data, Register
 from data2model.preprocess import LABEL
 from data2model.promotion import Scores, audit_trail, decide, expected_calibration_error, model_frame, move_champion, rollback, score
@@ -183,13 +184,46 @@ def test_a_failing_alias_move_leaves_the_old_champion_and_a_pending_event(regist
     assert audit_trail(registry, "gate-test", target)[-1]["status"] == "pending"
 
 
+def test_a_failed_canary_moves_nothing_and_is_audited_as_blocked(registry):
+    before = _champion(registry)
+    target = "3" if before != "3" else "2"
+
+    def failing_canary(name, version):
+        raise CanaryFailed("the server answered holdout rows with HTTP 400: field 'x'")
+
+    with pytest.raises(D2MError, match=f"champion stays {before}: canary failed: the server answered"):
+        move_champion(registry, "gate-test", target, "promote", "looks good", check=failing_canary)
+    assert _champion(registry) == before
+    blocked = audit_trail(registry, "gate-test", target)[-1]
+    assert blocked["status"] == "blocked" and blocked["canary"]["passed"] is False and "HTTP 400" in blocked["canary"]["reason"]
+    event = move_champion(registry, "gate-test", target, "promote", "canary passes", check=lambda name, version: {"passed": True, "p50_ms": 3.0})
+    assert _champion(registry) == target and event["canary"] == {"passed": True, "p50_ms": 3.0}
+    rollback(registry, "gate-test", "restore for the next test")
+    assert _champion(registry) == before
+
+
+def test_canary_compare_takes_numbers_within_tolerance_and_nothing_else():
+    expected = pd.DataFrame({"prediction": [0, 1], "probability": [0.25, 0.75]})
+    assert compare(expected, [{"prediction": 0, "probability": 0.25 + 1e-9}, {"prediction": 1, "probability": 0.75}], 1e-6) == pytest.approx(1e-9)
+    for served, words in [
+        ([{"prediction": 0, "probability": 0.3}, {"prediction": 1, "probability": 0.75}], "probability differs"),
+        ([{"prediction": 0, "probability": 0.25}], "1 predictions for 2 rows"),
+        ([{"prediction": 0, "p": 0.25}, {"prediction": 1, "p": 0.75}], "columns"),
+    ]:
+        with pytest.raises(CanaryFailed, match=words):
+            compare(expected, served, 1e-6)
+    labels = pd.DataFrame({"prediction": ["EWR", "JFK"]})
+    with pytest.raises(CanaryFailed, match="prediction differs"):
+        compare(labels, [{"prediction": "EWR"}, {"prediction": "LGA"}], 0.0)
+
+
 def test_cli_promote_and_rollback_exit_codes(registry, tmp_path, monkeypatch, capsys):
     import mlflow
 
     from data2model.cli import main
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text(f"register:\n  model_name: gate-test\ntracking:\n  uri: {mlflow.get_tracking_uri()}\n  experiment: promotion\n")
+    (tmp_path / "params.yaml").write_text(f"register:\n  model_name: gate-test\n  canary:\n    enabled: false\ntracking:\n  uri: {mlflow.get_tracking_uri()}\n  experiment: promotion\n")
     before = _champion(registry)
     target = "3" if before != "3" else "2"
     assert main(["promote", target, "--reason", "from the cli"]) == 0

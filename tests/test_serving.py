@@ -5,6 +5,7 @@ the alias swap under load with no failed request, batch scoring, and the model c
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -14,6 +15,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import pandas as pd
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
@@ -40,7 +44,7 @@ def served_project(tmp_path_factory) -> Path:
     overrides = [
         "data.source=data/inputs/flights_small.csv", "paths.contract=contracts/flights_small.json",
         "split.method=random", "train.xgboost.num_boost_round=40", f"register.model_name={MODEL}",
-        f"serve.max_rows={MAX_ROWS}",
+        f"serve.max_rows={MAX_ROWS}", "serve.log.flush_seconds=0.5", "serve.log.hash=[tailnum]",
     ]
     sh(["d2m", "run", *[a for o in overrides for a in ("--set", o)]], project)
     sh(["d2m", "run", "--set", "evaluate.threshold=0.3"], project)  # a second version: evaluate + register rerun
@@ -130,6 +134,14 @@ def test_serve_answers_valid_requests_like_in_process_predict(served_project, se
     expected = model.predict(request_frame(records(rows), "application/json", fields_of(model.metadata.get_input_schema()), 1000))
     served = [p["probability"] for p in batch["predictions"]]
     assert served == pytest.approx(expected["probability"].tolist(), abs=1e-9)
+    deadline = time.time() + 30
+    while call(server, "/version")[2]["inference_log"]["logged_rows"] < 101:
+        assert time.time() < deadline, call(server, "/version")[2]
+        time.sleep(0.3)
+    logged = pq.read_table(served_project / "logs/inference")
+    assert logged.num_rows >= 101 and set(logged["model_version"].to_pylist()) == {str(champion)}
+    assert logged["pred_probability"].to_pylist()[-100:] == pytest.approx(served, abs=1e-9)
+    assert pa.types.is_unsigned_integer(logged.schema.field("tailnum").type)  # hashed, as configured
 
 
 def test_malformed_requests_get_4xx_naming_the_problem_and_the_server_stays_healthy(served_project, server):
@@ -188,6 +200,34 @@ def test_running_server_follows_promote_and_rollback_with_no_failed_request(serv
         worker.join()
     assert not failures, failures[:3]
     assert {before, other} <= set(seen) and len(seen) > 20
+
+
+class AnswersPerProcess(mlflow.pyfunc.PythonModel):
+    """Predicts differently in every process: served and in-process answers disagree."""
+
+    def predict(self, context, model_input, params=None):
+        return pd.DataFrame({"prediction": [0] * len(model_input), "probability": [os.getpid() % 997 / 997] * len(model_input)})
+
+
+class CannotLoad(AnswersPerProcess):
+    def load_context(self, context):
+        raise RuntimeError("weights file is missing")
+
+
+@pytest.mark.parametrize(("model", "words"), [(AnswersPerProcess(), "probability differs from in-process predict"), (CannotLoad(), "does not load")])
+def test_a_candidate_failing_the_canary_is_not_promoted_and_the_champion_keeps_serving(served_project, model, words):
+    client = registry(served_project)
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    signature = mlflow.models.get_model_info(f"models:/{MODEL}/{champion.version}").signature
+    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("data2model").experiment_id):
+        info = mlflow.pyfunc.log_model(name="model", python_model=model, signature=signature, pip_requirements=["mlflow"])
+    candidate = mlflow.register_model(info.model_uri, MODEL).version
+    proc = sh(["d2m", "promote", str(candidate), "--reason", "canary test"], served_project, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "canary failed" in proc.stderr and words in proc.stderr, proc.stderr
+    assert client.get_model_version_by_alias(MODEL, "champion").version == champion.version
+    audit = [json.loads(v) for k, v in sorted(client.get_model_version(MODEL, str(candidate)).tags.items()) if k.startswith("audit.")]
+    assert audit[-1]["status"] == "blocked" and words in audit[-1]["canary"]["reason"]
 
 
 def test_batch_score_writes_predictions_with_the_model_version(served_project, tmp_path):

@@ -1,0 +1,141 @@
+"""The canary before a promotion (TFX's InfraValidator, for our server): the candidate version
+runs in a real `d2m serve` process on a free loopback port and must answer its input example
+and a sample of holdout rows with the predictions in-process predict gives, within
+`register.canary.tolerance`, at a median single-row latency within `max_p50_ms`. A version that
+cannot load, crashes the server, refuses its own rows or drifts from in-process predict never
+becomes champion."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from data2model.errors import CanaryFailed
+from data2model.params import Params
+from data2model.request_checks import json_records, request_frame
+
+JSON = "application/json"
+LATENCY_REQUESTS = 21
+
+
+def compare(expected: pd.DataFrame, served: list[dict[str, Any]], tolerance: float) -> float:
+    """The largest numeric difference; raises CanaryFailed on any other mismatch."""
+    if len(served) != len(expected):
+        raise CanaryFailed(f"the server answered {len(served)} predictions for {len(expected)} rows")
+    got = pd.DataFrame(served)
+    if list(got.columns) != list(expected.columns):
+        raise CanaryFailed(f"the server answered columns {list(got.columns)}, in-process predict {list(expected.columns)}")
+    worst = 0.0
+    for name in expected.columns:
+        a, b = expected[name].to_numpy(), got[name].to_numpy()
+        if np.issubdtype(a.dtype, np.number):
+            diff = float(np.nanmax(np.abs(a.astype(float) - b.astype(float)), initial=0.0))
+            if diff > tolerance or not np.array_equal(np.isnan(a.astype(float)), np.isnan(b.astype(float))):
+                raise CanaryFailed(f"served {name} differs from in-process predict by {diff:.3g} (tolerance {tolerance:g})")
+            worst = max(worst, diff)
+        elif not (a.astype(str) == b.astype(str)).all():
+            raise CanaryFailed(f"served {name} differs from in-process predict, e.g. {b[:3].tolist()} vs {a[:3].tolist()}")
+    return worst
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(port: int, body: bytes) -> tuple[int, dict[str, Any], float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    start = time.perf_counter()
+    conn.request("POST", "/invocations", body=body, headers={"Content-Type": JSON})
+    response = conn.getresponse()
+    payload = response.read()
+    elapsed = time.perf_counter() - start
+    conn.close()
+    try:
+        return response.status, json.loads(payload), elapsed
+    except json.JSONDecodeError:
+        return response.status, {"message": payload.decode(errors="replace")[:500]}, elapsed
+
+
+@contextlib.contextmanager
+def served(version: str, start_timeout_s: float) -> Iterator[int]:
+    """`d2m serve --version` in a subprocess on a free loopback port, stopped on exit."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "data2model.cli", "serve", "--version", version, "--no-log", "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise CanaryFailed(f"the server exited {proc.returncode} before answering: {proc.stderr.read().strip()[-800:]}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", "/ping")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise CanaryFailed(f"the server did not answer /ping within {start_timeout_s:g} s")
+            time.sleep(0.25)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run_canary(params: Params, name: str, version: str) -> dict[str, Any]:
+    """Serve `version`, check its answers and latency; the result goes into the audit event."""
+    from data2model.serving import load_version
+    from data2model.tables import read_table
+
+    cfg = params.register.canary
+    try:
+        loaded = load_version(name, version)
+    except Exception as err:  # a version that cannot load is exactly what the canary is for
+        raise CanaryFailed(f"version {version} does not load: {err}") from None
+    names = [f.name for f in loaded.fields]
+    holdout = read_table(params.paths.raw_holdout())
+    step = max(holdout.num_rows // cfg.rows, 1)
+    rows = json_records(holdout.take(list(range(0, holdout.num_rows, step))[: cfg.rows]), names)
+    example = loaded.model.input_example
+    requests = {"holdout rows": rows}
+    if isinstance(example, pd.DataFrame):
+        requests["input example"] = json_records(pa.Table.from_pandas(example, preserve_index=False), names)
+    bodies = {what: json.dumps({"dataframe_records": r}).encode() for what, r in requests.items()}
+    expected = {what: loaded.model.predict(request_frame(body, JSON, loaded.fields, len(requests[what]))) for what, body in bodies.items()}
+    with served(version, cfg.start_timeout_s) as port:
+        worst = 0.0
+        for what, body in bodies.items():
+            status, doc, _ = _post(port, body)
+            if status != 200:
+                raise CanaryFailed(f"the server answered {what} with HTTP {status}: {doc.get('message')}")
+            worst = max(worst, compare(expected[what], doc["predictions"], cfg.tolerance))
+        single = [json.dumps({"dataframe_records": [r]}).encode() for r in rows[:LATENCY_REQUESTS]]
+        p50_ms = statistics.median(_post(port, body)[2] for body in single) * 1000
+    if p50_ms > cfg.max_p50_ms:
+        raise CanaryFailed(f"median single-row latency {p50_ms:.1f} ms is above register.canary.max_p50_ms={cfg.max_p50_ms:g}")
+    return {"passed": True, "rows": len(rows), "max_abs_diff": worst, "p50_ms": round(p50_ms, 2)}
+
+
+def canary_check(params: Params) -> Callable[[str, str], dict[str, Any]] | None:
+    """What promotion calls before it moves `champion`; None when the canary is off."""
+    if not params.register.canary.enabled:
+        return None
+    return lambda name, version: run_canary(params, name, version)

@@ -1,0 +1,143 @@
+"""The server's inference log: a sample of scored requests (the input fields, the predictions,
+the model version and the time) in rotating Parquet files, for monitoring.
+
+The request path only samples and puts the frames on a bounded queue; a writer thread turns
+them into Arrow, drops and hashes columns as configured, and writes files atomically. A full
+queue or a failing disk costs the log rows (counted in `stats`), never a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+log = logging.getLogger("data2model.serve")
+PREDICTION_PREFIX = "pred_"
+HASH_KEY = "d2m-inferencelog"  # 16 bytes, as pandas asks; a fixed key keeps hashes comparable across files and runs
+
+
+@dataclass
+class LogStats:
+    logged_rows: int = 0
+    dropped_rows: int = 0  # the queue was full
+    failed_rows: int = 0  # building or writing the file failed
+    files_written: int = 0
+    errors: deque[str] = field(default_factory=lambda: deque(maxlen=20))  # the latest few
+
+
+def log_table(features: pd.DataFrame, predictions: pd.DataFrame, version: str, at: datetime, drop: list[str], hashed: list[str]) -> pa.Table:
+    """One request's rows as logged: kept input columns (hashed where asked), `pred_*`,
+    `model_version` and `logged_at` (UTC)."""
+    kept = features.drop(columns=[c for c in drop if c in features.columns])
+    for name in hashed:
+        if name in kept.columns:
+            kept[name] = pd.util.hash_pandas_object(kept[name].astype(str), index=False, hash_key=HASH_KEY).to_numpy()
+    out = pd.concat([kept.reset_index(drop=True), predictions.add_prefix(PREDICTION_PREFIX).reset_index(drop=True)], axis=1)
+    out["model_version"] = version
+    out["logged_at"] = pd.Timestamp(at).tz_convert("UTC")
+    return pa.Table.from_pandas(out, preserve_index=False)
+
+
+def stats_dict(stats: LogStats) -> dict:
+    return {**asdict(stats), "errors": list(stats.errors)}
+
+
+class InferenceLog:
+    def __init__(self, cfg, seed: int | None = None):
+        self.cfg = cfg
+        self.folder = Path(cfg.folder)
+        self.stats = LogStats()
+        self._queue: queue.Queue = queue.Queue()
+        self._queued_rows = 0
+        self._lock = threading.Lock()
+        self._random = random.Random(seed)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._write_loop, name="inference-log", daemon=True)
+        self._pending: list[pa.Table] = []
+        self._seq = 0
+
+    # --- the request path: cheap, never raises ---------------------------------------------
+
+    def record(self, features: pd.DataFrame, predictions: pd.DataFrame, version: str) -> None:
+        try:
+            if self._random.random() >= self.cfg.sample:
+                return
+            rows = len(features)
+            with self._lock:
+                if self._queued_rows + rows > self.cfg.queue_rows:
+                    self.stats.dropped_rows += rows
+                    return
+                self._queued_rows += rows
+            self._queue.put_nowait((features, predictions, version, datetime.now(timezone.utc)))
+        except Exception as err:  # logging must never fail a request
+            self.stats.errors.append(f"record: {err}")
+
+    # --- the writer thread ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.cfg.flush_seconds + 30)
+
+    def _take(self, timeout: float) -> None:
+        try:
+            features, predictions, version, at = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return
+        with self._lock:
+            self._queued_rows -= len(features)
+        try:
+            self._pending.append(log_table(features, predictions, version, at, self.cfg.drop, self.cfg.hash))
+        except Exception as err:
+            self.stats.failed_rows += len(features)
+            self.stats.errors.append(f"build: {err}")
+
+    def _write_loop(self) -> None:
+        last_flush = time.monotonic()
+        while not (self._stop.is_set() and self._queue.empty()):
+            self._take(timeout=0.2)
+            rows = sum(t.num_rows for t in self._pending)
+            if rows >= self.cfg.rows_per_file or (rows and time.monotonic() - last_flush >= self.cfg.flush_seconds):
+                self._flush()
+                last_flush = time.monotonic()
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        import pyarrow.parquet as pq
+
+        from data2model.tables import atomic_path
+
+        tables, self._pending = self._pending, []
+        rows = sum(t.num_rows for t in tables)
+        try:
+            table = pa.concat_tables(tables, promote_options="permissive")
+            self._seq += 1
+            path = self.folder / f"requests-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}-{self._seq:06d}.parquet"
+            with atomic_path(path) as tmp:
+                pq.write_table(table, tmp, compression="zstd")
+            self.stats.logged_rows += rows
+            self.stats.files_written += 1
+            self._rotate()
+        except Exception as err:
+            self.stats.failed_rows += rows
+            self.stats.errors.append(f"write: {err}")
+            log.warning("inference log: could not write %d rows to %s (%s); requests are unaffected", rows, self.folder, err)
+
+    def _rotate(self) -> None:
+        files = sorted(self.folder.glob("requests-*.parquet"))
+        for old in files[: max(len(files) - self.cfg.max_files, 0)]:
+            old.unlink(missing_ok=True)
