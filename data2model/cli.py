@@ -20,6 +20,8 @@ PREFECT_DEFAULTS = {
     "PREFECT_LOGGING_EXTRA_LOGGERS": "data2model",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+    # The temporary API gives up after 20 s by default; a loaded 2-core machine can need more.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 
@@ -57,6 +59,21 @@ def _score(args: argparse.Namespace) -> int:
 
     summary = batch_score(input_path=args.input, output_path=args.output, alias=args.alias, batch_rows=args.batch_rows)
     print(f"scored {summary['rows']:,} rows with {summary['model_name']} version {summary['model_version']} (@{summary['alias']}) -> {summary['output']}")
+    return 0
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    load_params()  # bad params fail here, before Prefect starts
+    for key, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    from flows.monitor import monitor
+
+    report = monitor(labels_path=args.labels, trigger=not args.no_trigger)
+    print(f"{report['rows']:,} served rows since {report['since']}: {report['decision']} ({report['why']})")
+    for reason in report["reasons"]:
+        print(f"  - {reason}")
+    if "triggered_flow_run" in report:
+        print(f"started the pipeline deployment: flow run {report['triggered_flow_run']}")
     return 0
 
 
@@ -148,6 +165,16 @@ def parser() -> argparse.ArgumentParser:
     score.add_argument("--alias", default="champion", help="registry alias of the model to use (default champion)")
     score.add_argument("--batch-rows", type=int, default=50_000, help="rows per batch; bounds memory (default 50000)")
     score.set_defaults(func=_score)
+    monitor = sub.add_parser(
+        "monitor",
+        help="compare served traffic with the champion's reference; retrain on drift (a Prefect flow)",
+        description="Read the inference log (serve.log.folder) of the last monitor.window_hours, compute feature PSI against the contract's reference, "
+        "prediction PSI against the champion's holdout predictions and, with --labels, live metrics per slice. Publishes plots and a table to MLflow "
+        "(experiment <tracking.experiment>-monitoring) and the Prefect run. On a breach outside the cool-down it starts monitor.deployment on the Prefect server.",
+    )
+    monitor.add_argument("--labels", metavar="PATH", help="ground truth (CSV/Parquet) with the monitor.key columns and the target")
+    monitor.add_argument("--no-trigger", action="store_true", help="report only: never start a retraining")
+    monitor.set_defaults(func=_monitor)
     status = sub.add_parser("status", help="model name, tracking URI, champion version, latest metrics, data version")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_status)

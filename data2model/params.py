@@ -247,6 +247,24 @@ class Tracking(Section):
         return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / self.default_db).resolve()}"
 
 
+class Monitor(Section):
+    """The monitoring flow: served traffic (the inference log) against the training reference,
+    and the retraining it triggers."""
+
+    window_hours: float = Field(24.0, gt=0)   # traffic looked at: this recent, and only since the last trigger
+    min_rows: int = Field(500, ge=1)          # less traffic than this is reported, never acted on
+    drift_threshold: float = Field(0.25, gt=0)  # feature PSI against the contract's reference (as validate)
+    max_drifted_columns: int = Field(0, ge=0)   # more drifted columns than this is a breach
+    prediction_psi_threshold: float = Field(0.25, gt=0)
+    max_metric_drop: float = Field(0.05, ge=0)  # live primary metric vs the champion's holdout metric
+    key: list[str] = Field(default_factory=list)  # columns joining served rows to a labels file
+    trigger: bool = True                      # start the pipeline deployment on a breach
+    deployment: str = "data2model-pipeline/data2model"
+    cooldown_hours: float = Field(24.0, ge=0)
+    state: str = "logs/monitor_state.json"
+    report_dir: str = "logs/monitoring"
+
+
 class Params(Section):
     paths: Paths = Field(default_factory=Paths)
     data: Data = Field(default_factory=Data)
@@ -258,6 +276,7 @@ class Params(Section):
     register_: Register = Field(default_factory=Register, alias="register")
     tracking: Tracking = Field(default_factory=Tracking)
     serve: Serve = Field(default_factory=Serve)
+    monitor: Monitor = Field(default_factory=Monitor)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

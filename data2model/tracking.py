@@ -23,8 +23,9 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def configure(params: Params, root: Path | str = ".") -> str:
-    """Point MLflow at the configured store; return the experiment id (created on first use)."""
+def configure(params: Params, root: Path | str = ".", experiment: str | None = None) -> str:
+    """Point MLflow at the configured store; return the id of `experiment` (default
+    tracking.experiment), created on first use with its artifacts beside the store's."""
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -33,11 +34,12 @@ def configure(params: Params, root: Path | str = ".") -> str:
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.get_experiment_by_name(params.tracking.experiment)
-    if experiment is not None:
-        return experiment.experiment_id
+    name = experiment or params.tracking.experiment
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
     location = (root / params.tracking.artifact_dir).resolve().as_uri() if uri.startswith("sqlite:") else None
-    return mlflow.create_experiment(params.tracking.experiment, artifact_location=location)
+    return mlflow.create_experiment(name, artifact_location=location)
 
 
 def resume_run(run_id: str):
