@@ -119,7 +119,12 @@ def run_canary(params: Params, name: str, version: str) -> dict[str, Any]:
     if isinstance(example, pd.DataFrame):
         requests["input example"] = json_records(pa.Table.from_pandas(example, preserve_index=False), names)
     bodies = {what: json.dumps({"dataframe_records": r}).encode() for what, r in requests.items()}
-    expected = {what: loaded.model.predict(request_frame(body, JSON, loaded.fields, len(requests[what]))) for what, body in bodies.items()}
+    expected = {}
+    for what, body in bodies.items():
+        try:
+            expected[what] = loaded.model.predict(request_frame(body, JSON, loaded.fields, len(requests[what])))
+        except Exception as err:  # a candidate that cannot predict its own rows in-process
+            raise CanaryFailed(f"version {version} fails in-process predict on its {what}: {type(err).__name__}: {err}") from None
     with served(version, cfg.start_timeout_s) as port:
         worst = 0.0
         for what, body in bodies.items():

@@ -5,7 +5,6 @@ the alias swap under load with no failed request, batch scoring, and the model c
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import threading
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -202,26 +200,41 @@ def test_running_server_follows_promote_and_rollback_with_no_failed_request(serv
     assert {before, other} <= set(seen) and len(seen) > 20
 
 
+PER_PROCESS_MODEL = """
+import os
+
+import mlflow
+import pandas as pd
+
+
 class AnswersPerProcess(mlflow.pyfunc.PythonModel):
-    """Predicts differently in every process: served and in-process answers disagree."""
-
+    # Predicts differently in every process: served and in-process answers disagree.
     def predict(self, context, model_input, params=None):
-        return pd.DataFrame({"prediction": [0] * len(model_input), "probability": [os.getpid() % 997 / 997] * len(model_input)})
+        n = len(model_input)
+        return pd.DataFrame({"prediction": [0] * n, "probability": [os.getpid() % 997 / 997] * n})
 
 
-class CannotLoad(AnswersPerProcess):
-    def load_context(self, context):
-        raise RuntimeError("weights file is missing")
+mlflow.models.set_model(AnswersPerProcess())
+"""
 
 
-@pytest.mark.parametrize(("model", "words"), [(AnswersPerProcess(), "probability differs from in-process predict"), (CannotLoad(), "does not load")])
-def test_a_candidate_failing_the_canary_is_not_promoted_and_the_champion_keeps_serving(served_project, model, words):
+@pytest.mark.parametrize(
+    ("artifacts", "words"),
+    [("kept", "probability differs from in-process predict"), ("lost", "does not load"), ("raising", "fails in-process predict on its holdout rows: ZeroDivisionError")],
+)
+def test_a_candidate_failing_the_canary_is_not_promoted_and_the_champion_keeps_serving(served_project, tmp_path, artifacts, words):
+    from urllib.parse import urlparse
+
     client = registry(served_project)
     champion = client.get_model_version_by_alias(MODEL, "champion")
     signature = mlflow.models.get_model_info(f"models:/{MODEL}/{champion.version}").signature
+    code = tmp_path / "per_process_model.py"
+    code.write_text(PER_PROCESS_MODEL.replace("n = len(model_input)", "n = len(model_input) // 0") if artifacts == "raising" else PER_PROCESS_MODEL)
     with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("data2model").experiment_id):
-        info = mlflow.pyfunc.log_model(name="model", python_model=model, signature=signature, pip_requirements=["mlflow"])
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(code), signature=signature, pip_requirements=["mlflow"])
     candidate = mlflow.register_model(info.model_uri, MODEL).version
+    if artifacts == "lost":
+        (Path(urlparse(mlflow.get_logged_model(info.model_id).artifact_location).path) / "MLmodel").unlink()
     proc = sh(["d2m", "promote", str(candidate), "--reason", "canary test"], served_project, check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "canary failed" in proc.stderr and words in proc.stderr, proc.stderr
