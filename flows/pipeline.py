@@ -161,7 +161,7 @@ def pipeline(params: Params | None = None) -> dict[str, Any]:
         logger.info("overrides recorded as DVC experiment %s (`dvc exp show`, `dvc exp apply %s`); params.yaml restored", name, name)
         create_markdown_artifact(
             "# Overrides of this run\n\n| key | value |\n|---|---|\n" + "\n".join(f"| {k} | `{v}` |" for k, v in overrides.items())
-            + f"\n\nRecorded as DVC experiment `{name}`: `dvc exp apply {name}` reproduces it.\n",
+            + f"\n\nRecorded as DVC experiment `{name}`: `dvc exp apply {name}` brings back its params.yaml, dvc.lock and outputs.\n",
             key="data2model-overrides", description=f"DVC experiment {name}",
         )
         return {**outcome, "experiment": name}
