@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -146,11 +147,26 @@ def test_up_serves_a_typed_form_that_starts_at_params_yaml(stack):
     assert httpx.get(f"{stack.mlflow}/health", timeout=10).status_code == 200
 
 
+def test_the_custom_run_form_checks_values_against_the_params_model(stack):
+    """What the UI's Custom run form asks the server before it submits."""
+    dep = deployment(stack)
+
+    def check(values: dict) -> dict:
+        return api(stack, "POST", "/ui/schemas/validate", {"schema": dep["parameter_openapi_schema"], "values": values})
+
+    assert check(dep["parameters"])["valid"] is True
+    result = check({"params": overridden(stack, max_depth=0)})
+    assert result["valid"] is False and "max_depth" in json.dumps(result["errors"])
+
+
 def test_a_run_with_overrides_registers_them_and_leaves_params_yaml(stack):
     before = (stack.project / "params.yaml").read_text()
     run_id = trigger(stack, overridden(stack, max_depth=3, eta=0.2))
     run = final(wait_all(stack, [run_id])[run_id])
     assert run["state_type"] == "COMPLETED", run["state"]
+    trigger_to_start = (datetime.fromisoformat(run["start_time"]) - datetime.fromisoformat(run["created"])).total_seconds()
+    print(f"trigger to start: {trigger_to_start:.1f} s")
+    assert trigger_to_start < 30  # the serve process polls every second (PREFECT_RUNNER_POLL_FREQUENCY=1)
     assert (stack.project / "params.yaml").read_text() == before == committed_params(stack.project)
     reg = registration(stack)
     tags = version_tags(stack, reg["version"])
