@@ -27,7 +27,7 @@ PREFECT_DEFAULTS = {
 
 def _run(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(text) for text in args.set)
-    check_overrides(overrides)  # bad params or overrides fail here, before Prefect or any stage starts
+    params = check_overrides(overrides) if overrides else None  # bad overrides fail here, before Prefect starts
     for key, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
     from flows.pipeline import pipeline, shutdown_ray
@@ -35,10 +35,31 @@ def _run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     try:
-        status = pipeline(overrides=overrides)
+        status = pipeline(params=params)
     finally:
         shutdown_ray()
     print(f"\npipeline finished in {time.perf_counter() - start:.1f} s\n{describe(status)}")
+    if "experiment" in status:
+        print(f"overrides saved as DVC experiment {status['experiment']}; params.yaml unchanged (`dvc exp apply {status['experiment']}` brings them back)")
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from data2model import services
+
+    start = time.perf_counter()
+    started = services.up(load_params(), args.prefect_port, args.mlflow_port, Path.cwd())
+    print(f"up in {time.perf_counter() - start:.1f} s (PIDs and logs in {services.STATE_FILE}; stop with `d2m down`)")
+    for name, service in started.items():
+        print(f"{name:15} {service['url']}  (pid {service['pid']})")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from data2model import services
+
+    stopped = services.down()
+    print("\n".join(f"stopped {name} (pid {pid})" for name, pid in stopped.items()) or "nothing to stop: `d2m up` was not run here")
     return 0
 
 
@@ -137,7 +158,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="d2m", description="data2model: raw data to a served model, reproducibly (run from the project root).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run the pipeline (a Prefect flow over the dvc.yaml DAG)", description="Run every stage DVC finds out of date, as a Prefect flow, then print metrics and the registered version.")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a params.yaml key (dotted, YAML value), e.g. --set train.xgboost.max_depth=6; written into params.yaml; repeatable")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a params.yaml key for this run (dotted, YAML value), e.g. --set train.xgboost.max_depth=6; the run is saved as a DVC experiment and params.yaml is left unchanged; repeatable")
     run.set_defaults(func=_run)
     serve = sub.add_parser(
         "serve",
@@ -200,6 +221,16 @@ def parser() -> argparse.ArgumentParser:
     )
     rollback.add_argument("--reason", default="rollback", help="why, recorded in the audit tag (default: rollback)")
     rollback.set_defaults(func=_rollback)
+    up = sub.add_parser(
+        "up",
+        help="start the Prefect server, the MLflow UI and the deployments on 127.0.0.1",
+        description="Start, in the background, a Prefect server, an MLflow server on the store the pipeline writes to (unless MLFLOW_TRACKING_URI or tracking.uri names a remote one) and the deployments of flows/serve.py, then print their URLs. Open the Prefect UI and click Run. PIDs go to .d2m/services.json; `d2m down` stops them.",
+    )
+    up.add_argument("--prefect-port", type=int, default=4200, help="Prefect server and UI port (default 4200)")
+    up.add_argument("--mlflow-port", type=int, default=5000, help="MLflow UI port (default 5000)")
+    up.set_defaults(func=_up)
+    down = sub.add_parser("down", help="stop what `d2m up` started, by PID", description="Stop the processes recorded in .d2m/services.json (SIGTERM to each process group, SIGKILL after 20 s).")
+    down.set_defaults(func=_down)
     return p
 
 

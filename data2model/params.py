@@ -366,6 +366,21 @@ def check_overrides(overrides: dict[str, Any], root: Path | str = ".") -> Params
     return parse_params(apply_overrides(read_raw(path), overrides), f"{path} with overrides")
 
 
+def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The dotted keys whose value differs between two params trees: what a run overrides.
+
+    A mapping is compared key by key while both sides hold the same keys; otherwise (a key added
+    or removed, as in `validate.categories={}`) the whole new value is the override."""
+    out: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict) and value.keys() == before.keys():
+            out.update(changed_keys(before, value, f"{prefix}{key}."))
+        elif value != before:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def write_overrides(overrides: dict[str, Any], root: Path | str = ".") -> list[str]:
     """Validate `overrides` against the model, then set them in params.yaml keeping its comments.
 

@@ -1,21 +1,32 @@
 """The Prefect flow: one task per dvc.yaml stage, in DAG order, each skipped when DVC says it is
 up to date. The DAG is read from dvc.yaml, never restated here, so a flow run and `dvc repro`
-leave the same dvc.lock."""
+leave the same dvc.lock.
+
+The flow's one parameter is the typed `Params` (the Prefect UI renders it as a form). Values
+that differ from params.yaml are this run's overrides: they are in params.yaml only while the
+run lasts (DVC and the stages read that file), the finished run is saved as a DVC experiment,
+and the committed params.yaml is put back byte for byte."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect import flow, get_run_logger, runtime, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
 from data2model.dag import StageResult, run_stage, stage_order
 from data2model.errors import D2MError
-from data2model.params import Params, load_params, write_overrides
+from data2model.params import PARAMS_FILE, Params, changed_keys, load_params, write_overrides
 from data2model.status import pipeline_status
+
+WORKSPACE_LOCK = ".dvc/tmp/d2m-run.lock"
 
 
 def _transient(task, task_run, state) -> bool:
@@ -85,14 +96,78 @@ def _failure_markdown(stage: str, message: str, params: Params) -> str:
     return f"# data2model run failed at `{stage}`\n\n```\n{message}\n```\n\n{link}\n"
 
 
-@flow(name="data2model-pipeline", log_prints=True)
-def pipeline(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the DVC DAG on params.yaml (with `overrides`, dotted keys, written into params.yaml)."""
-    logger = get_run_logger()
-    if overrides:
+@contextmanager
+def workspace_lock(logger) -> Iterator[None]:
+    """One run at a time per workspace (UI, CLI or both): DVC would stop the second with a
+    LockError, so the second waits here, and says so."""
+    path = Path(WORKSPACE_LOCK)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("another run is using this workspace; waiting for it to finish")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def params_for_run(overrides: dict[str, Any], logger) -> Iterator[None]:
+    """params.yaml holds `overrides` for the duration of the run, then its committed bytes again."""
+    path = Path(PARAMS_FILE)
+    committed = path.read_bytes()
+    try:
         for change in write_overrides(overrides):
-            logger.info("params.yaml %s", change)
-    params = load_params()
+            logger.info("this run's params.yaml %s", change)
+        yield
+    finally:
+        path.write_bytes(committed)
+
+
+def experiment_name() -> str:
+    """A DVC experiment (git ref) name tied to the flow run."""
+    return f"d2m-{runtime.flow_run.name or 'run'}-{str(runtime.flow_run.id)[:8]}"
+
+
+def save_experiment(name: str) -> None:
+    """Record the run's params.yaml, dvc.lock and outputs as a DVC experiment (`dvc exp show`)."""
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        try:
+            repo.experiments.save(name=name, force=True)
+        except Exception as err:  # DVC and scmrepo raise many types; the message is what matters
+            raise D2MError(f"the run finished but could not be saved as DVC experiment {name}: {err}") from None
+
+
+@flow(name="data2model-pipeline", log_prints=True)
+def pipeline(params: Params | None = None) -> dict[str, Any]:
+    """Run the DVC DAG on params.yaml, or on `params`: the keys that differ from params.yaml are
+    this run's overrides, recorded as a DVC experiment; params.yaml itself is left as committed."""
+    logger = get_run_logger()
+    with workspace_lock(logger):
+        overrides = changed_keys(load_params().as_dict(), params.as_dict()) if params else {}
+        if not overrides:
+            return _run_stages(load_params(), logger)
+        with params_for_run(overrides, logger):
+            outcome = _run_stages(load_params(), logger)
+            if isinstance(outcome, State):
+                return outcome
+            name = experiment_name()
+            save_experiment(name)
+        logger.info("overrides recorded as DVC experiment %s (`dvc exp show`, `dvc exp apply %s`); params.yaml restored", name, name)
+        create_markdown_artifact(
+            "# Overrides of this run\n\n| key | value |\n|---|---|\n" + "\n".join(f"| {k} | `{v}` |" for k, v in overrides.items())
+            + f"\n\nRecorded as DVC experiment `{name}`: `dvc exp apply {name}` brings back its params.yaml, dvc.lock and outputs.\n",
+            key="data2model-overrides", description=f"DVC experiment {name}",
+        )
+        return {**outcome, "experiment": name}
+
+
+def _run_stages(params: Params, logger) -> dict[str, Any] | State:
     results = []
     for name in stage_order():
         state = stage_task.with_options(task_run_name=name)(name, return_state=True)
@@ -103,10 +178,49 @@ def pipeline(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     _push_data()
     status = pipeline_status(params)
     create_markdown_artifact(_summary_markdown(status, results), key="data2model-run", description="metrics, model version, where to look")
-    card = Path(params.paths.model_card)
-    if card.exists():
-        create_markdown_artifact(card.read_text(), key="data2model-model-card", description="model card of the last registered version")
+    _publish_artifacts(status, params)
     return status
+
+
+def mlflow_links(base: str, experiment_id: str, registered: dict[str, Any]) -> dict[str, str]:
+    """MLflow UI addresses of the training run and the registered version."""
+    base = base.rstrip("/")
+    return {
+        "MLflow run": f"{base}/#/experiments/{experiment_id}/runs/{registered['run_id']}",
+        f"model {registered['model_name']} version {registered['version']}": f"{base}/#/models/{registered['model_name']}/versions/{registered['version']}",
+    }
+
+
+def promotion_markdown(registered: dict[str, Any]) -> str:
+    gate = registered.get("gate")
+    if gate:
+        return _gate_markdown(gate)
+    verdict = "champion" if "champion" in registered["aliases"] else "not promoted"
+    return f"## Promotion\n\nVersion {registered['version']}: {verdict} (no champion to compare with).\n"
+
+
+def _publish_artifacts(status: dict[str, Any], params: Params) -> None:
+    """Metrics table, MLflow links, Data Docs and the promotion decision, each its own artifact.
+    The MLflow UI is the one `d2m up` started (D2M_MLFLOW_URL), else `mlflow ui`'s default."""
+    from data2model import tracking
+
+    metrics = status["metrics"] or {}
+    create_table_artifact(
+        [{"metric": k, "value": round(v, 6)} for k, v in metrics.items() if isinstance(v, float)],
+        key="data2model-metrics", description="holdout metrics",
+    )
+    registered = status["registered"]
+    if registered:
+        base = os.environ.get("D2M_MLFLOW_URL", "http://127.0.0.1:5000")
+        for text, link in mlflow_links(base, tracking.configure(params), registered).items():
+            create_link_artifact(link, link_text=text, key="data2model-" + ("mlflow-run" if text == "MLflow run" else "model-version"))
+        create_markdown_artifact(promotion_markdown(registered), key="data2model-promotion", description="promotion decision")
+        card = Path(params.paths.model_card)
+        if card.exists():
+            create_markdown_artifact(card.read_text(), key="data2model-model-card", description=f"model card of version {registered['version']}")
+    if status["data_docs"]:
+        docs = Path(status["data_docs"]).resolve()
+        create_link_artifact(docs.as_uri(), link_text=f"Data Docs ({status['data_docs']})", key="data2model-data-docs")
 
 
 def shutdown_ray() -> None:
@@ -119,3 +233,8 @@ def shutdown_ray() -> None:
         if ray.is_initialized():
             ray.shutdown()
 
+
+
+def default_parameters() -> dict[str, Any]:
+    """The deployment's form starts at params.yaml as it is when the deployment is served."""
+    return {"params": load_params().as_dict()}

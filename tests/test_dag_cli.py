@@ -168,3 +168,28 @@ def test_contract_without_a_raw_table_exits_1(workdir):
     assert proc.returncode == 1
     assert "data/raw.parquet does not exist" in proc.stderr
     assert not (workdir / "contracts").exists()
+
+
+def test_up_and_down_document_themselves(tmp_path):
+    up = d2m("up", "--help", cwd=tmp_path)
+    assert up.returncode == 0 and "--prefect-port" in up.stdout and "--mlflow-port" in up.stdout
+    assert "d2m down" in up.stdout
+    assert d2m("down", "--help", cwd=tmp_path).returncode == 0
+
+
+def test_down_with_nothing_up_says_so(tmp_path):
+    proc = d2m("down", cwd=tmp_path)
+    assert proc.returncode == 0 and "nothing to stop" in proc.stdout
+
+
+def test_up_on_a_busy_port_names_it_and_starts_nothing(workdir):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = d2m("up", "--prefect-port", str(port), "--mlflow-port", str(port), cwd=workdir)
+    assert proc.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in proc.stderr
+    assert not (workdir / ".d2m").exists()

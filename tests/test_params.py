@@ -10,6 +10,7 @@ import yaml
 
 from data2model.errors import ParamsError
 from data2model.params import (
+    changed_keys,
     Data,
     Params,
     Split,
@@ -260,3 +261,18 @@ def test_quarantine_settings_are_typed():
         parse_params({"validate": {"on_row_failure": "drop"}})
     with pytest.raises(ParamsError, match=r"validate\.max_quarantine_fraction"):
         parse_params({"validate": {"max_quarantine_fraction": 1.5}})
+
+
+def test_changed_keys_are_the_leaves_that_differ():
+    old = load_params(ROOT).as_dict()
+    new = load_params(ROOT).as_dict()
+    new["train"]["xgboost"]["eta"] = 0.2
+    new["validate"]["ranges"]["distance"] = [1.0, 100.0]
+    assert changed_keys(old, new) == {"validate.ranges.distance": [1.0, 100.0], "train.xgboost.eta": 0.2}
+    assert changed_keys(old, load_params(ROOT).as_dict()) == {}
+
+
+def test_changed_keys_replace_a_mapping_whose_keys_changed():
+    old = {"validate": {"categories": {"origin": ["EWR"]}, "min_rows": 1}}
+    new = {"validate": {"categories": {}, "min_rows": 1}}
+    assert changed_keys(old, new) == {"validate.categories": {}}

