@@ -60,3 +60,18 @@ def sh(cmd: list[str], cwd: Path, timeout: int = 900, check: bool = True) -> sub
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     return make_project_copy(tmp_path / "project")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray per test module: 2 training workers plus a CPU for Ray Data's reads."""
+    import ray
+
+    ray.init(num_cpus=3, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"

@@ -151,6 +151,8 @@ def summarise(dump: dict[str, Any]) -> Summary:
         "straggler_steps": float(len({step for step, _ in stragglers})),
         "restarts": float(max((len(s) - 1 for s in dump["attempts"].values()), default=0)),
         "repeated_steps": float(repeated_steps(dump["attempts"], dump["steps"])),
+        # Where this run started: above 0 when it continued an interrupted run's checkpoint.
+        "resumed_from_step": float(min((s[0] for s in dump["attempts"].values()), default=0)),
         "median_checkpoint_save_seconds": statistics.median(saves.values()) if saves else 0.0,
     }
     seconds = {step: {rank: r["step_seconds"] for rank, r in workers.items()} for step, workers in per_step.items()}
@@ -183,14 +185,14 @@ def plot(summary: Summary, path: Path, step_name: str) -> Path:
 
 
 def log_to_mlflow(summary: Summary, tracking_uri: str, run_id: str, folder: Path, step_name: str) -> None:
-    """Metrics in batches (MLflow takes at most 1000 per call) and the plot as an artifact."""
+    """Per-step metrics in batches (MLflow takes at most 1000 per call) and the plot as an
+    artifact; the totals reach MLflow with the trainer's outcome."""
     import mlflow
     from mlflow.entities import Metric
 
     client = mlflow.MlflowClient(tracking_uri)
     now = int(time.time() * 1000)
     rows = [Metric(name, float(value), now, step) for name, value, step in summary.metrics]
-    rows += [Metric(name, float(value), now, 0) for name, value in summary.totals.items()]
     for start in range(0, len(rows), 1000):
         client.log_batch(run_id, metrics=rows[start : start + 1000])
     if summary.per_step:
