@@ -1,7 +1,9 @@
 """train: distributed training on Ray Train (XGBoost or a PyTorch MLP), tracked in MLflow.
 
 The MLflow run opened here is the one evaluate and register add to; its id is in
-`paths.train_report`.
+`paths.train_report`. The Ray Train run is named from the data, params and trainer code, so a
+rerun after an interruption continues from the latest checkpoint under `train.storage_path`
+(which DVC does not delete), and a rerun of a finished configuration reuses its final checkpoint.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ def run(params: Params) -> dict[str, Any]:
     train_path, valid_path = Path(params.paths.split("train")), Path(params.paths.split("valid"))
     with mlflow.start_run(experiment_id=experiment_id) as active, atomic_dir(params.paths.model_dir) as model_dir:
         mlflow.log_params(loggable)
-        mlflow.set_tags({**lineage_tags(".", params.paths.raw), "framework": params.train.framework, "task": pre.task})
+        name = run_name(train_path, valid_path, params.train, Path(params.paths.preprocessor))
+        mlflow.set_tags({**lineage_tags(".", params.paths.raw), "framework": params.train.framework, "task": pre.task, "ray_run": name})
         job = TrainJob(
             train_path=train_path,
             valid_path=valid_path,
@@ -40,7 +43,7 @@ def run(params: Params) -> dict[str, Any]:
             storage_path=params.train.storage_path,
             tracking_uri=mlflow.get_tracking_uri(),
             run_id=active.info.run_id,
-            name=run_name(train_path, valid_path, params.train, Path(params.paths.preprocessor)),
+            name=name,
         )
         outcome = fit(job)
         mlflow.log_metrics({
@@ -53,6 +56,7 @@ def run(params: Params) -> dict[str, Any]:
     report = {
         "run_id": active.info.run_id,
         "framework": params.train.framework,
+        "ray_run": name,
         "best_iteration": outcome.best_iteration,
         f"best_{outcome.metric}": round(outcome.best_score, 6),
         "train_rows": outcome.rows,
