@@ -200,14 +200,16 @@ def test_torch_two_workers_telemetry(ray_cluster, tracking_uri, tmp_path, task):
     assert score > 0.6 if task == "multiclass" else score < 0.5
 
 
-def test_same_seed_and_data_give_the_same_model(ray_cluster, tracking_uri, tmp_path):
-    """Two unfailed 2-worker runs of one configuration (under different run names, so the
-    second does not reuse the first's checkpoint)."""
+@pytest.mark.parametrize("framework", ["xgboost", "torch"])
+def test_same_seed_and_data_give_the_same_model(ray_cluster, tracking_uri, tmp_path, framework):
+    """Two unfailed 2-worker CPU runs of one configuration (under different run names, so the
+    second does not reuse the first's checkpoint) give the same model to 1e-6."""
+    trainer, params = (xgboost_ray, xgb_params()) if framework == "xgboost" else (torch_mlp, torch_params())
     scores = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        job, test_table = make_job("binary", tmp_path / name, tracking_uri, xgb_params(), f"repro-{name}")
-        outcome = xgboost_ray.fit(job)
+        job, test_table = make_job("binary", tmp_path / name, tracking_uri, params, f"repro-{framework}-{name}")
+        outcome = trainer.fit(job)
         scores.append((outcome.best_iteration, outcome.best_score, quality("binary", job, test_table)))
     assert scores[0] == pytest.approx(scores[1], abs=1e-6)
 
