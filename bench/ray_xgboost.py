@@ -26,7 +26,7 @@ from data2model.params import load_params
 from data2model.preprocess import LABEL, Preprocessor
 from data2model.trainers import TrainJob, init_ray, xgboost_ray
 
-RESULTS = Path(__file__).parent / "results" / "ray_xgboost.json"
+RESULTS = Path(__file__).parent / "results"
 
 
 def plain(job: TrainJob, rounds: int) -> float:
@@ -91,8 +91,8 @@ def main() -> None:
         "ray_1_worker_vs_plain": round(median["ray_1_worker"] / median["plain"], 2),
         "ray_2_workers_vs_1": round(median["ray_2_workers"] / median["ray_1_worker"], 2),
     }
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"ray_xgboost_{args.scale}x_{args.rounds}r.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
