@@ -160,6 +160,12 @@ class Train(Section):
     cpus_per_worker: int = Field(1, ge=1)
     seed: int = 42
     storage_path: str = ".ray_results"
+    # A checkpoint every this many boosting rounds (XGBoost) or epochs (torch), and at the end.
+    checkpoint_every: int = Field(25, ge=1)
+    # Checkpoints kept, best by the validation metric; the latest is kept too, to resume from.
+    keep_checkpoints: int = Field(2, ge=1)
+    # Worker-group restarts from the latest checkpoint before the run fails.
+    max_failures: int = Field(2, ge=0)
     xgboost: XGBoostParams = Field(default_factory=XGBoostParams)
     torch: TorchParams = Field(default_factory=TorchParams)
 

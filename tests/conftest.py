@@ -86,3 +86,18 @@ def commit_params(project: Path, overrides: dict) -> None:
     write_overrides(overrides, project)
     sh(["git", "add", "-A"], project)
     sh(["git", "commit", "-qm", "test settings"], project)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray per test module: 2 training workers plus a CPU for Ray Data's reads."""
+    import ray
+
+    ray.init(num_cpus=3, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"

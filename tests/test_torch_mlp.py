@@ -51,20 +51,6 @@ DATA = {
 }
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
 def encode(raw: pa.Table, data: Data, pre=None):
     labelled, classes = derive_label(raw, data)
     pre = pre or fit_preprocessor(labelled, data, Features(), classes)

@@ -7,9 +7,11 @@ data2model.scoring loads it back for evaluation and serving.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +32,19 @@ class TrainJob:
     preprocessor: Preprocessor
     params: Train
     model_dir: Path
-    storage_path: Path
+    storage_path: str | Path  # a folder, or a URI (s3://...) that must not pass through Path
     tracking_uri: str
     run_id: str
     name: str
+
+
+@dataclass
+class Schedule:
+    """What a framework's train loop checkpoints and how the driver reads its telemetry."""
+
+    metric: str  # reported validation metric that ranks checkpoints
+    mode: str  # "min" or "max"
+    step_name: str  # "round" or "epoch"
 
 
 @dataclass
@@ -77,33 +88,82 @@ def init_ray(params: Train) -> None:
         )
 
 
-def run_ray_training(trainer_cls: Any, train_loop: Any, config: dict[str, Any], job: TrainJob, what: str) -> tuple[Any, int, float]:
-    """Run a Ray Train data-parallel trainer over the train/valid Parquet as Ray Data shards.
+_NOT_IN_RUN_NAME = {"storage_path", "keep_checkpoints", "max_failures"}
 
-    Returns the Ray `Result`, the training row count and the wall time of `fit`.
+
+def run_name(train_path: Path, valid_path: Path, params: Train, preprocessor: Path) -> str:
+    """A Ray Train run name that only the same data, params and trainer code produce.
+
+    Ray Train resumes a run whose name it finds under the storage path, so a rerun of an
+    interrupted train stage continues from its latest checkpoint, while a change to anything
+    that shapes the model (data, params, preprocessing, this package's trainer code) starts
+    afresh instead of resuming a stale checkpoint. Where checkpoints go and how many failures
+    to tolerate do not shape the model and are left out.
+    """
+    digest = hashlib.sha256()
+    code = sorted(Path(__file__).parent.glob("*.py"))
+    for path in (train_path, valid_path, preprocessor, *code):
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    digest.update(json.dumps(params.model_dump(exclude=_NOT_IN_RUN_NAME), sort_keys=True).encode())
+    return f"train-{digest.hexdigest()[:16]}"
+
+
+def run_ray_training(trainer_cls: Any, train_loop: Any, config: dict[str, Any], job: TrainJob, schedule: Schedule, what: str) -> tuple[Any, int, float, dict[str, float]]:
+    """Run a Ray Train data-parallel trainer over the train/valid Parquet as Ray Data shards,
+    checkpointing as `job.params` says and restarting from the latest checkpoint after a
+    worker dies; then log the workers' telemetry to the MLflow run.
+
+    Returns the Ray `Result`, the training row count, the wall time of `fit` and the telemetry
+    totals (restarts, repeated steps, throughput).
     """
     import pyarrow.parquet as pq
     import ray.data
     import ray.train
 
+    from data2model.trainers import telemetry
+
     ray.data.DataContext.get_current().enable_progress_bars = False
     datasets = {part: ray.data.read_parquet(str(path)) for part, path in (("train", job.train_path), ("valid", job.valid_path))}
     rows = pq.ParquetFile(job.train_path).metadata.num_rows
+    collector = telemetry.start_collector()
+    p = job.params
     trainer = trainer_cls(
         train_loop,
-        train_loop_config=config,
+        train_loop_config={**config, "telemetry": collector, "checkpoint_every": p.checkpoint_every},
         datasets=datasets,
         scaling_config=ray.train.ScalingConfig(
             num_workers=job.params.num_workers,
             use_gpu=job.params.use_gpu,
             resources_per_worker={"CPU": job.params.cpus_per_worker},
         ),
-        run_config=ray.train.RunConfig(name=job.name, storage_path=str(job.storage_path.resolve())),
+        run_config=ray.train.RunConfig(
+            name=job.name,
+            storage_path=storage_uri(str(job.storage_path)),
+            failure_config=ray.train.FailureConfig(max_failures=p.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=p.keep_checkpoints, checkpoint_score_attribute=schedule.metric, checkpoint_score_order=schedule.mode,
+            ),
+        ),
     )
-    log.info("training %s on %d rows with %d Ray worker(s)", what, rows, job.params.num_workers)
+    log.info("training %s on %d rows with %d Ray worker(s), run %s", what, rows, p.num_workers, job.name)
     start = time.perf_counter()
     result = trainer.fit()
-    return result, rows, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    summary = telemetry.summarise(ray.get(collector.dump.remote()))
+    ray.kill(collector)
+    with tempfile.TemporaryDirectory() as folder:
+        telemetry.log_to_mlflow(summary, job.tracking_uri, job.run_id, Path(folder), schedule.step_name)
+    if result.checkpoint is None:
+        raise D2MError(f"Ray Train run {job.name} ended without a checkpoint: see the worker errors above")
+    return result, rows, seconds, summary.totals
+
+
+def storage_uri(storage_path: str) -> str:
+    """A URI (s3://, gs://, ...) as given; a local folder made absolute, as Ray Train needs."""
+    return storage_path if "://" in storage_path else str(Path(storage_path).resolve())
 
 
 def write_meta(model_dir: Path, meta: dict[str, Any]) -> None:

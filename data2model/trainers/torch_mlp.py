@@ -1,7 +1,9 @@
 """A PyTorch MLP with categorical embeddings through Ray Train (V2): each worker trains DDP on
 its Ray Data shard; validation metrics are all-reduced so every worker takes the same
-early-stopping decision; rank 0 logs per-epoch metrics to MLflow and hands the best epoch's
-weights to the driver, which saves them with the architecture needed to rebuild the model."""
+early-stopping decision; NCCL and bf16 autocast on GPU, gloo on CPU. Every
+train.checkpoint_every epochs rank 0 checkpoints the weights, optimizer and best epoch so far,
+from which a restarted worker group (or a rerun) continues; rank 0 logs per-epoch metrics to
+MLflow, and the driver saves the best epoch's weights with the architecture to rebuild them."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from torch import nn
 
 from data2model.errors import D2MError
 from data2model.preprocess import LABEL
-from data2model.trainers import TrainJob, TrainOutcome, run_ray_training, write_meta
+from data2model.trainers import Schedule, TrainJob, TrainOutcome, run_ray_training, write_meta
 
 MODEL_FILE = "torch.pt"
 _EVAL_BATCH = 65536
@@ -185,14 +187,35 @@ def _train_loop(config: dict[str, Any]) -> None:
     def autocast():
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
+    from data2model.trainers.telemetry import StepClock, peak_flops
+
+    state = _resume_state(ray.train.get_checkpoint())
+    if state is not None:
+        core.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    best = state["best"] if state else {"epoch": -1, "valid_loss": float("inf")}
+    best_state: dict[str, torch.Tensor] = state["best_state"] if state else {}
+    first = state["epoch"] + 1 if state else 0
+    clock = StepClock(config["telemetry"], rank, first)
+    # FLOPs per row: multiply-adds of the linear layers, x3 for forward and backward.
+    flops_per_row = 6 * sum(m.weight.numel() for m in core.mlp if isinstance(m, nn.Linear))
+    peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     if rank == 0:
         import mlflow
         from mlflow.entities import Metric
 
         client = mlflow.MlflowClient(config["tracking_uri"])
-    best = {"epoch": -1, "valid_loss": float("inf")}
-    best_state: dict[str, torch.Tensor] = {}
-    for epoch in range(p["epochs"]):
+    if state and state["finished"]:
+        # A rerun of a configuration that already finished: hand back its checkpoint.
+        _report(rank, {**best, "epoch": state["epoch"]}, state, clock)
+        return
+    epoch, finished = first - 1, False
+    while not finished:
+        epoch += 1
+        # Seeded per epoch, so a run resumed from a checkpoint shuffles and drops out as an
+        # unbroken one would.
+        torch.manual_seed(config["seed"] + 1000 * epoch + rank)
+        clock.restart()
         model.train()
         order = torch.randperm(len(train[2]), device=device)[:rows]
         loss_sum = torch.zeros((), device=device)
@@ -208,6 +231,9 @@ def _train_loop(config: dict[str, Any]) -> None:
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach() * len(index)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        clock.lap(epoch, -(-rows // p["batch_size"]), rows, flops=flops_per_row * rows, peak=peak)
         metrics = _evaluate(core, valid, loss_fn, device, autocast)
         total, count = _all_reduce([float(loss_sum), float(rows)], device)
         metrics = {"epoch": epoch, "train_loss": total / count, **metrics}
@@ -218,16 +244,34 @@ def _train_loop(config: dict[str, Any]) -> None:
             best = metrics
             best_state = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
         # Every worker sees the same all-reduced loss, so every worker stops at the same epoch.
-        if epoch - best["epoch"] >= p["early_stopping_epochs"]:
-            break
-    # One report per worker, at the end: Ray Train takes at most one report per worker per
-    # poll (2 s), which costs more than a small epoch; MLflow already has the per-epoch curve.
-    if rank == 0:
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save({"state_dict": best_state, "best": best}, os.path.join(folder, MODEL_FILE))
-            ray.train.report(best, checkpoint=ray.train.Checkpoint.from_directory(folder))
-    else:
-        ray.train.report(best)
+        finished = epoch + 1 >= p["epochs"] or epoch - best["epoch"] >= p["early_stopping_epochs"]
+        if finished or (epoch + 1) % config["checkpoint_every"] == 0:
+            state = {"model": core.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                     "best": best, "best_state": best_state, "finished": finished}
+            _report(rank, metrics, state, clock)
+
+
+def _resume_state(checkpoint) -> dict[str, Any] | None:
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / MODEL_FILE, weights_only=True, map_location="cpu")
+
+
+def _report(rank: int, metrics: dict[str, float], state: dict[str, Any], clock) -> None:
+    """Every worker reports (Ray Train needs the same count from each); rank 0 attaches the
+    checkpoint: current weights and optimizer to resume from, best weights to keep."""
+    import ray.train
+
+    if rank != 0:
+        ray.train.report(metrics)
+        clock.flush()
+        return
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(state, os.path.join(folder, MODEL_FILE))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    clock.checkpoint_saved(metrics["epoch"], time.perf_counter() - started)
 
 
 def fit(job: TrainJob) -> TrainOutcome:
@@ -250,9 +294,9 @@ def fit(job: TrainJob) -> TrainOutcome:
         "tracking_uri": job.tracking_uri,
         "run_id": job.run_id,
     }
-    result, rows, seconds = run_ray_training(TorchTrainer, _train_loop, config, job, "a PyTorch MLP")
-    with result.checkpoint.as_directory() as folder:
-        saved = torch.load(Path(folder) / MODEL_FILE, weights_only=True)
+    schedule = Schedule(metric="valid_loss", mode="min", step_name="epoch")
+    result, rows, seconds, totals = run_ray_training(TorchTrainer, _train_loop, config, job, schedule, "a PyTorch MLP")
+    saved = _resume_state(result.checkpoint)
     best = saved["best"]
     if best["epoch"] < 0:
         raise D2MError(f"the PyTorch model's validation loss was never finite in {job.params.torch.early_stopping_epochs} epoch(s): lower train.torch.lr")
@@ -261,8 +305,8 @@ def fit(job: TrainJob) -> TrainOutcome:
         "numeric": config["numeric"], "categorical": config["categorical"], "classes": pre.classes,
         "best_epoch": best["epoch"],
     })
-    torch.save({"architecture": arch, "state_dict": saved["state_dict"]}, job.model_dir / MODEL_FILE)
-    extra = {f"best_{k}": v for k, v in best.items() if k not in ("epoch", "valid_loss")}
+    torch.save({"architecture": arch, "state_dict": saved["best_state"]}, job.model_dir / MODEL_FILE)
+    extra = {**totals, **{f"best_{k}": v for k, v in best.items() if k not in ("epoch", "valid_loss")}}
     return TrainOutcome(best_iteration=best["epoch"], best_score=best["valid_loss"], metric="valid_loss", rows=rows, seconds=seconds, extra=extra)
 
 

@@ -1,5 +1,7 @@
-"""XGBoost through Ray Train (V2): each worker trains on its Ray Data shard; rank 0 logs
-per-round metrics to MLflow; the driver keeps the booster cut at the best round."""
+"""XGBoost through Ray Train (V2): each worker trains on its Ray Data shard (device `cuda` when
+train.use_gpu), checkpoints every train.checkpoint_every rounds and resumes from the latest
+checkpoint; rank 0 logs per-round metrics to MLflow; the driver keeps the booster cut at the
+best round."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from data2model.trainers import TrainJob, TrainOutcome, run_ray_training, write_meta
+from data2model.trainers import Schedule, TrainJob, TrainOutcome, run_ray_training, write_meta
 
 MODEL_FILE = "xgboost.ubj"
 _OBJECTIVES = {
@@ -55,12 +57,107 @@ def feature_types(categorical: set[str], names: list[str]) -> list[str]:
     return ["c" if n in categorical else "q" for n in names]
 
 
+class Rounds:
+    """Early stopping, checkpoints and telemetry for one worker, as an XGBoost callback.
+
+    XGBoost's own early stopping forgets the best round when training continues from a saved
+    booster, so this one keeps it in the booster's attributes, which the checkpoint carries.
+    Every worker sees the same all-reduced validation metric, so every worker stops, and
+    reports, at the same round.
+    """
+
+    def __init__(self, config: dict[str, Any], rank: int, start: "Any | None", rows: int) -> None:
+        import mlflow
+
+        from data2model.trainers.telemetry import StepClock
+
+        self.config, self.rank, self.rows = config, rank, rows
+        self.metric = config["booster_params"]["eval_metric"][-1]
+        self.maximize = self.metric in _MAXIMIZE
+        self.done = start.num_boosted_rounds() if start is not None else 0
+        self.best = (float(start.attr("best_score")), int(start.attr("best_iteration"))) if start is not None else None
+        self.last_score = self.best[0] if self.best else float("nan")
+        self.clock = StepClock(config["telemetry"], rank, self.done)
+        self.client = mlflow.MlflowClient(config["tracking_uri"]) if rank == 0 else None
+        self.pending: list[Any] = []
+
+    def callback(self):
+        import xgboost
+
+        rounds = self
+
+        class Callback(xgboost.callback.TrainingCallback):
+            def before_training(self, model):
+                rounds.clock.restart()
+                return model
+
+            def after_iteration(self, model, epoch, evals_log) -> bool:
+                return rounds.after_round(model, rounds.done + epoch, evals_log)
+
+        return Callback()
+
+    def after_round(self, model, round_: int, evals_log: dict[str, Any]) -> bool:
+        self.clock.lap(round_, 1, self.rows)
+        score = self.last_score = float(evals_log["valid"][self.metric][-1])
+        if self.best is None or (score > self.best[0] if self.maximize else score < self.best[0]):
+            self.best = (score, round_)
+            model.set_attr(best_score=str(score), best_iteration=str(round_))
+        if self.client is not None:
+            self.log_round(round_, evals_log)
+        if (round_ + 1) % self.config["checkpoint_every"] == 0:
+            self.report(model, round_, score, finished=False)
+        return round_ - self.best[1] >= self.config["early_stopping_rounds"]
+
+    def log_round(self, round_: int, evals_log: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        for data_name, metrics in evals_log.items():
+            for metric, values in metrics.items():
+                self.pending.append(Metric(f"{data_name}_{metric}", float(values[-1]), now, round_))
+        if len(self.pending) >= _LOG_EVERY * 4:
+            self.flush_mlflow()
+        if round_ % _LOG_EVERY == 0:  # progress on the driver's console (Ray forwards worker output)
+            shown = ", ".join(f"valid_{m}={v[-1]:.4f}" for m, v in evals_log.get("valid", {}).items())
+            print(f"round {round_}: {shown}", flush=True)
+
+    def flush_mlflow(self) -> None:
+        if self.client is not None and self.pending:
+            self.client.log_batch(self.config["run_id"], metrics=self.pending)
+            self.pending = []
+
+    def report(self, model, round_: int, score: float, finished: bool) -> None:
+        """Every worker reports (Ray Train needs the same count from each); rank 0 attaches
+        the booster as the checkpoint."""
+        import ray.train
+        from ray.train.xgboost import RayTrainReportCallback
+
+        self.flush_mlflow()
+        metrics = {"round": round_, f"valid_{self.metric}": score, "best_iteration": self.best[1], "best_score": self.best[0]}
+        if self.rank != 0:
+            ray.train.report(metrics)
+            self.clock.flush()
+        else:
+            started = time.perf_counter()
+            model.set_attr(finished="1" if finished else "0")
+            with tempfile.TemporaryDirectory() as folder:
+                model.save_model(os.path.join(folder, RayTrainReportCallback.CHECKPOINT_NAME))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+            self.clock.checkpoint_saved(round_, time.perf_counter() - started)
+        self.clock.restart()
+
+    def finish(self, model) -> None:
+        """The final checkpoint, with the booster marked finished so a rerun does not retrain."""
+        self.report(model, model.num_boosted_rounds() - 1, self.last_score, finished=True)
+
+
+_MAXIMIZE = {"auc", "aucpr", "map", "ndcg"}
+
+
 def _train_loop(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker."""
-    import mlflow
+    """Runs on every Ray Train worker; continues from Ray Train's latest checkpoint if any."""
     import ray.train
     import xgboost
-    from mlflow.entities import Metric
     from ray.train.xgboost import RayTrainReportCallback
 
     rank = ray.train.get_context().get_world_rank()
@@ -71,53 +168,22 @@ def _train_loop(config: dict[str, Any]) -> None:
         return dmatrix({n: df[n].to_numpy() for n in names}, df["label"].to_numpy(), types)
 
     dtrain, dvalid = shard("train"), shard("valid")
-
-    class MlflowRounds(xgboost.callback.TrainingCallback):
-        """Rank 0 sends per-round metrics to MLflow in batches (one SQLite write per batch)."""
-
-        def __init__(self) -> None:
-            self.client = mlflow.MlflowClient(config["tracking_uri"])
-            self.pending: list[Metric] = []
-
-        def after_iteration(self, model, epoch, evals_log) -> bool:
-            now = int(time.time() * 1000)
-            for data_name, metrics in evals_log.items():
-                for metric, values in metrics.items():
-                    self.pending.append(Metric(f"{data_name}_{metric}", float(values[-1]), now, epoch))
-            if len(self.pending) >= _LOG_EVERY * 4:
-                self.flush()
-            if epoch % _LOG_EVERY == 0:  # progress on the driver's console (Ray forwards worker output)
-                shown = ", ".join(f"valid_{m}={v[-1]:.4f}" for m, v in evals_log.get("valid", {}).items())
-                print(f"round {epoch}: {shown}", flush=True)
-            return False
-
-        def after_training(self, model):
-            self.flush()
-            return model
-
-        def flush(self) -> None:
-            if self.pending:
-                self.client.log_batch(config["run_id"], metrics=self.pending)
-                self.pending = []
-
-    callbacks = [MlflowRounds()] if rank == 0 else []
-    booster = xgboost.train(
-        config["booster_params"],
-        dtrain,
-        num_boost_round=config["num_boost_round"],
-        evals=[(dtrain, "train"), (dvalid, "valid")],
-        early_stopping_rounds=config["early_stopping_rounds"],
-        callbacks=callbacks,
-        verbose_eval=False,
-    )
-    # One report per worker, at the end: a report per round costs more than the round itself.
-    metrics = {"best_iteration": booster.best_iteration, "best_score": float(booster.best_score)}
-    if rank == 0:
-        with tempfile.TemporaryDirectory() as folder:
-            booster.save_model(os.path.join(folder, RayTrainReportCallback.CHECKPOINT_NAME))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    checkpoint = ray.train.get_checkpoint()
+    start = RayTrainReportCallback.get_model(checkpoint) if checkpoint else None
+    rounds = Rounds(config, rank, start, dtrain.num_row())
+    if start is not None and start.attr("finished") == "1":
+        booster = start
     else:
-        ray.train.report(metrics)
+        booster = xgboost.train(
+            config["booster_params"],
+            dtrain,
+            num_boost_round=config["num_boost_round"] - rounds.done,
+            evals=[(dtrain, "train"), (dvalid, "valid")],
+            callbacks=[rounds.callback()],
+            xgb_model=start,
+            verbose_eval=False,
+        )
+    rounds.finish(booster)
 
 
 def fit(job: TrainJob) -> TrainOutcome:
@@ -125,6 +191,7 @@ def fit(job: TrainJob) -> TrainOutcome:
 
     pre = job.preprocessor
     names = pre.feature_names
+    metric = _OBJECTIVES[pre.task][1][-1]
     config = {
         "booster_params": booster_params(job),
         "num_boost_round": job.params.xgboost.num_boost_round,
@@ -134,15 +201,15 @@ def fit(job: TrainJob) -> TrainOutcome:
         "tracking_uri": job.tracking_uri,
         "run_id": job.run_id,
     }
-    result, rows, seconds = run_ray_training(XGBoostTrainer, _train_loop, config, job, "XGBoost")
+    schedule = Schedule(metric=f"valid_{metric}", mode="max" if metric in _MAXIMIZE else "min", step_name="boosting round")
+    result, rows, seconds, totals = run_ray_training(XGBoostTrainer, _train_loop, config, job, schedule, "XGBoost")
     booster = RayTrainReportCallback.get_model(result.checkpoint)
-    best = booster.best_iteration
-    metric = config["booster_params"]["eval_metric"][-1]
+    best = int(booster.attr("best_iteration"))
     score = float(booster.attr("best_score"))
     booster = booster[: best + 1]
     write_meta(job.model_dir, {"framework": "xgboost", "task": pre.task, "feature_names": names, "feature_types": config["feature_types"], "classes": pre.classes})
     booster.save_model(job.model_dir / MODEL_FILE)
-    return TrainOutcome(best_iteration=best, best_score=score, metric=f"valid_{metric}", rows=rows, seconds=seconds)
+    return TrainOutcome(best_iteration=best, best_score=score, metric=f"valid_{metric}", rows=rows, seconds=seconds, extra=totals)
 
 
 class Scorer:
