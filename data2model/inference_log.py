@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -35,16 +36,19 @@ class LogStats:
     errors: deque[str] = field(default_factory=lambda: deque(maxlen=20))  # the latest few
 
 
-def log_table(features: pd.DataFrame, predictions: pd.DataFrame, version: str, at: datetime, drop: list[str], hashed: list[str]) -> pa.Table:
-    """One request's rows as logged: kept input columns (hashed where asked), `pred_*`,
-    `model_version` and `logged_at` (UTC)."""
+def log_table(requests: list[tuple[pd.DataFrame, pd.DataFrame, str, datetime]], drop: list[str], hashed: list[str]) -> pa.Table:
+    """Requests' rows as logged, in one conversion: kept input columns (hashed where asked),
+    `pred_*`, `model_version` and `logged_at` (UTC)."""
+    features = pd.concat([f for f, _, _, _ in requests], ignore_index=True)
+    predictions = pd.concat([p for _, p, _, _ in requests], ignore_index=True)
     kept = features.drop(columns=[c for c in drop if c in features.columns])
     for name in hashed:
         if name in kept.columns:
             kept[name] = pd.util.hash_pandas_object(kept[name].astype(str), index=False, hash_key=HASH_KEY).to_numpy()
-    out = pd.concat([kept.reset_index(drop=True), predictions.add_prefix(PREDICTION_PREFIX).reset_index(drop=True)], axis=1)
-    out["model_version"] = version
-    out["logged_at"] = pd.Timestamp(at).tz_convert("UTC")
+    out = pd.concat([kept, predictions.add_prefix(PREDICTION_PREFIX)], axis=1)
+    sizes = [len(f) for f, _, _, _ in requests]
+    out["model_version"] = np.repeat([v for _, _, v, _ in requests], sizes)
+    out["logged_at"] = pd.to_datetime(np.repeat([at for _, _, _, at in requests], sizes), utc=True)
     return pa.Table.from_pandas(out, preserve_index=False)
 
 
@@ -63,7 +67,8 @@ class InferenceLog:
         self._random = random.Random(seed)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._write_loop, name="inference-log", daemon=True)
-        self._pending: list[pa.Table] = []
+        self._pending: list[tuple[pd.DataFrame, pd.DataFrame, str, datetime]] = []
+        self._pending_rows = 0
         self._seq = 0
 
     # --- the request path: cheap, never raises ---------------------------------------------
@@ -93,38 +98,36 @@ class InferenceLog:
 
     def _take(self, timeout: float) -> None:
         try:
-            features, predictions, version, at = self._queue.get(timeout=timeout)
+            request = self._queue.get(timeout=timeout)
         except queue.Empty:
             return
         with self._lock:
-            self._queued_rows -= len(features)
-        try:
-            self._pending.append(log_table(features, predictions, version, at, self.cfg.drop, self.cfg.hash))
-        except Exception as err:
-            self.stats.failed_rows += len(features)
-            self.stats.errors.append(f"build: {err}")
+            self._queued_rows -= len(request[0])
+        self._pending.append(request)
+        self._pending_rows += len(request[0])
 
     def _write_loop(self) -> None:
         last_flush = time.monotonic()
         while not (self._stop.is_set() and self._queue.empty()):
             self._take(timeout=0.2)
-            rows = sum(t.num_rows for t in self._pending)
-            if rows >= self.cfg.rows_per_file or (rows and time.monotonic() - last_flush >= self.cfg.flush_seconds):
+            if self._pending_rows >= self.cfg.rows_per_file or (self._pending_rows and time.monotonic() - last_flush >= self.cfg.flush_seconds):
                 self._flush()
                 last_flush = time.monotonic()
         self._flush()
 
     def _flush(self) -> None:
+        """All pending requests in one table and one file: the per-request work stays off the
+        serving threads' share of the GIL."""
         if not self._pending:
             return
         import pyarrow.parquet as pq
 
         from data2model.tables import atomic_path
 
-        tables, self._pending = self._pending, []
-        rows = sum(t.num_rows for t in tables)
+        requests, rows = self._pending, self._pending_rows
+        self._pending, self._pending_rows = [], 0
         try:
-            table = pa.concat_tables(tables, promote_options="permissive")
+            table = log_table(requests, self.cfg.drop, self.cfg.hash)
             self._seq += 1
             path = self.folder / f"requests-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}-{self._seq:06d}.parquet"
             with atomic_path(path) as tmp:
