@@ -40,8 +40,12 @@ class Loaded:
 
 def load_version(name: str, version: str) -> Loaded:
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    except MlflowException as err:
+        raise D2MError(f"{name} version {version} cannot be loaded: {err.message}") from None
     schema = model.metadata.get_input_schema()
     if schema is None:
         raise D2MError(f"{name} version {version} was logged without an input signature; the server cannot check requests against it")
@@ -172,7 +176,9 @@ def serve(params, host: str, port: int, alias: str | None, poll_seconds: float, 
     import uvicorn
 
     from data2model import tracking
+    from data2model.stage import configure_logging
 
+    configure_logging()  # alias moves and inference-log trouble are reported on stderr
     tracking.configure(params)
     name = params.register.model_name
     slot = AliasSlot(mlflow.MlflowClient(), name, None if version else alias, poll_seconds, version)
