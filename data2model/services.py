@@ -100,17 +100,20 @@ def _start(name: str, command: list[str], env: dict[str, str], root: Path) -> tu
     return proc, log
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Running: not gone, and not a zombie (an exited process whose parent has not reaped it,
+    as happens to services orphaned by `d2m up` under a parent that never reaps)."""
+    import psutil
+
     try:
         if os.waitpid(pid, os.WNOHANG)[0] == pid:  # a child of this process that exited: reaped
             return False
     except ChildProcessError:
         pass
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return True
 
 
 def running_services() -> dict[str, dict[str, Any]]:
@@ -118,7 +121,7 @@ def running_services() -> dict[str, dict[str, Any]]:
     if not STATE_FILE.exists():
         return {}
     services = json.loads(STATE_FILE.read_text())["services"]
-    return {name: s for name, s in services.items() if _alive(s["pid"])}
+    return {name: s for name, s in services.items() if alive(s["pid"])}
 
 
 def up(params: Params, prefect_port: int, mlflow_port: int, root: Path, timeout: float = 120) -> dict[str, Any]:
@@ -172,7 +175,7 @@ def down(grace: float = 20) -> dict[str, int]:
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + grace
-    while any(_alive(s["pid"]) for s in services.values()) and time.monotonic() < deadline:
+    while any(alive(s["pid"]) for s in services.values()) and time.monotonic() < deadline:
         time.sleep(0.2)
     for service in services.values():
         try:
