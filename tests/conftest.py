@@ -101,3 +101,18 @@ def ray_cluster():
 @pytest.fixture(scope="module")
 def tracking_uri(tmp_path_factory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def prefect_api(base: str, method: str, path: str, body: dict | None = None):
+    """A Prefect REST call that retries 503/429 with backoff, as Prefect's own client does: the
+    server answers 503 while its SQLite database is locked by a concurrent write."""
+    import time
+
+    import httpx
+
+    for attempt in range(6):
+        response = httpx.request(method, f"{base}/api{path}", json=body, timeout=30)
+        if response.status_code not in (429, 503) or attempt == 5:
+            response.raise_for_status()
+            return response.json()
+        time.sleep(0.5 * 2**attempt)

@@ -19,7 +19,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import commit_params, free_port, isolated_env, make_project_copy, sh, small_flights
+from tests.conftest import commit_params, free_port, prefect_api, isolated_env, make_project_copy, sh, small_flights
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 MODEL = "serve-test"
@@ -285,11 +285,7 @@ def replay(port: int, project: Path, table) -> None:
 
 
 def monitoring_runs(prefect: str) -> list[dict]:
-    import httpx
-
-    response = httpx.post(f"{prefect}/api/flow_runs/filter", json={"flow_runs": {"tags": {"all_": ["monitoring"]}}}, timeout=30)
-    response.raise_for_status()
-    return response.json()
+    return prefect_api(prefect, "POST", "/flow_runs/filter", {"flow_runs": {"tags": {"all_": ["monitoring"]}}})
 
 
 def test_later_period_traffic_triggers_exactly_one_retraining_and_in_distribution_traffic_none(served_project, server):

@@ -21,7 +21,7 @@ import pyarrow.csv as pacsv
 import pytest
 
 from data2model.services import alive
-from tests.conftest import ROOT, commit_params, free_port, isolated_env, make_project_copy, sh, small_flights
+from tests.conftest import ROOT, commit_params, prefect_api, free_port, isolated_env, make_project_copy, sh, small_flights
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -64,9 +64,7 @@ def stack(tmp_path_factory) -> Stack:
 
 
 def api(stack: Stack, method: str, path: str, body: dict | None = None):
-    response = httpx.request(method, f"{stack.prefect}/api{path}", json=body, timeout=30)
-    response.raise_for_status()
-    return response.json()
+    return prefect_api(stack.prefect, method, path, body)
 
 
 def deployment(stack: Stack) -> dict:
