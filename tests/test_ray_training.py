@@ -138,10 +138,12 @@ def kill_a_worker_after_first_checkpoint(job: TrainJob, killed: list[int]) -> th
 
 
 def test_xgboost_survives_a_killed_worker(ray_cluster, tracking_uri, tmp_path):
-    """Rows and depth make a round slow (~35 ms) next to the 1-2 s Ray Train takes to register
-    a reported checkpoint, so the kill lands in the interval after the first registered one;
-    no early stopping, so both runs train every round."""
-    params = xgb_params(max_failures=1, checkpoint_every=25, xgboost={"num_boost_round": 100, "early_stopping_rounds": 100, "eta": 0.1, "max_depth": 8})
+    """Ray Train registers a reported checkpoint at its controller's next health check (every
+    2 s by default), so an interval of 100 rounds of ~35 ms (3.5 s, longer under load) is what
+    keeps the kill, made the moment the first checkpoint is registered, inside the interval after
+    it. With 25-round intervals the next checkpoint could be reported, not yet registered, when
+    the worker died, and 26 rounds were repeated. No early stopping: both runs train every round."""
+    params = xgb_params(max_failures=1, checkpoint_every=100, xgboost={"num_boost_round": 300, "early_stopping_rounds": 300, "eta": 0.05, "max_depth": 8})
     for folder in ("clean", "failed"):
         (tmp_path / folder).mkdir()
     clean_job, test_table = make_job("binary", tmp_path / "clean", tracking_uri, params, "xgb-clean", rows=120000)
@@ -154,7 +156,7 @@ def test_xgboost_survives_a_killed_worker(ray_cluster, tracking_uri, tmp_path):
     assert killed, "no worker was killed"
     assert outcome.extra["restarts"] == 1
     assert 0 <= outcome.extra["repeated_steps"] <= params.checkpoint_every
-    assert outcome.best_iteration == pytest.approx(clean.best_iteration, abs=40)
+    assert outcome.best_iteration == pytest.approx(clean.best_iteration, abs=60)
     assert outcome.best_score == pytest.approx(clean.best_score, abs=0.01)
     assert quality("binary", job, test_table) == pytest.approx(quality("binary", clean_job, test_table), abs=0.01)
     print(f"\nxgboost fault: killed pid {killed[0]}, repeated {outcome.extra['repeated_steps']:.0f} rounds, "
