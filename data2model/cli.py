@@ -28,6 +28,12 @@ PREFECT_DEFAULTS = {
 def _run(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(text) for text in args.set)
     params = check_overrides(overrides) if overrides else None  # bad overrides fail here, before Prefect starts
+    if params is None and not args.flow_always:
+        from data2model.dag import nothing_to_run
+
+        if nothing_to_run():
+            print("nothing to run: every stage is up to date (DVC), so no flow run was started; `d2m status` shows the model and its metrics")
+            return 0
     for key, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
     from flows.pipeline import pipeline, shutdown_ray
@@ -159,6 +165,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run the pipeline (a Prefect flow over the dvc.yaml DAG)", description="Run every stage DVC finds out of date, as a Prefect flow, then print metrics and the registered version.")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a params.yaml key for this run (dotted, YAML value), e.g. --set train.xgboost.max_depth=6; the run is saved as a DVC experiment and params.yaml is left unchanged; repeatable")
+    run.add_argument("--flow-always", action="store_true", help="start the Prefect flow run even when DVC finds every stage up to date (by default such a run answers at once, without Prefect)")
     run.set_defaults(func=_run)
     serve = sub.add_parser(
         "serve",

@@ -7,14 +7,19 @@ stage. Any other cmd runs through DVC itself. Either way DVC decides what is up 
 
 from __future__ import annotations
 
+import fcntl
 import importlib
+import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from data2model.params import load_params
 
+WORKSPACE_LOCK = ".dvc/tmp/d2m-run.lock"
 _IN_PROCESS = re.compile(r"^python -m (tasks\.[A-Za-z_][A-Za-z0-9_]*)$")
 
 
@@ -60,3 +65,50 @@ def run_stage(name: str) -> StageResult:
         summary = runner(load_params())
         repo.commit(name, force=True)
         return StageResult(name, ran=True, summary=summary)
+
+
+@contextmanager
+def workspace_lock(logger: logging.Logger | logging.LoggerAdapter) -> Iterator[None]:
+    """One run at a time per workspace (UI, CLI or both): DVC would stop the second with a
+    LockError, so the second waits here, and says so."""
+    path = Path(WORKSPACE_LOCK)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("another run is using this workspace; waiting for it to finish")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def stale_stages() -> list[str]:
+    """The stages DVC would run now: code, data, params or outputs differ from dvc.lock."""
+    from dvc.repo import Repo, lock_repo
+    from dvc.stage import PipelineStage
+
+    with Repo(".") as repo, lock_repo(repo):
+        return [stage.name for stage in repo.index.stages if isinstance(stage, PipelineStage) and stage.changed()]
+
+
+def nothing_to_run() -> bool:
+    """True when no run holds the workspace and every stage is up to date, so `d2m run` can
+    answer at once instead of starting Prefect to skip seven stages."""
+    from dvc.lock import LockError
+
+    path = Path(WORKSPACE_LOCK)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        try:
+            return not stale_stages()
+        except LockError:  # a plain `dvc repro` is running: the flow's path waits for it
+            return False
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -9,7 +9,6 @@ and the committed params.yaml is put back byte for byte."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,13 +20,10 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
-from data2model.dag import StageResult, run_stage, stage_order
+from data2model.dag import StageResult, run_stage, stage_order, workspace_lock
 from data2model.errors import D2MError
 from data2model.params import PARAMS_FILE, Params, changed_keys, load_params, write_overrides
 from data2model.status import pipeline_status
-
-WORKSPACE_LOCK = ".dvc/tmp/d2m-run.lock"
-
 
 def _transient(task, task_run, state) -> bool:
     """Retry infrastructure hiccups, never a user error (bad data or params fail the same way twice)."""
@@ -94,24 +90,6 @@ def _failure_markdown(stage: str, message: str, params: Params) -> str:
     docs = Path(params.paths.data_docs, "index.html").resolve()
     link = f"[Data Docs]({docs.as_uri()})" if docs.exists() else "no Data Docs yet"
     return f"# data2model run failed at `{stage}`\n\n```\n{message}\n```\n\n{link}\n"
-
-
-@contextmanager
-def workspace_lock(logger) -> Iterator[None]:
-    """One run at a time per workspace (UI, CLI or both): DVC would stop the second with a
-    LockError, so the second waits here, and says so."""
-    path = Path(WORKSPACE_LOCK)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info("another run is using this workspace; waiting for it to finish")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextmanager

@@ -51,6 +51,15 @@ def test_dvc_repro_after_the_flow_runs_nothing(first_run):
     assert sh(["dvc", "status"], project).stdout.strip().endswith("up to date.")
 
 
+def test_d2m_run_with_nothing_changed_answers_without_a_flow_run(first_run):
+    project, _ = first_run
+    registration = (project / "reports/registration.json").read_text()
+    proc = sh(["d2m", "run"], project)
+    assert proc.stdout.startswith("nothing to run: every stage is up to date"), proc.stdout
+    assert "Flow run" not in proc.stdout + proc.stderr
+    assert (project / "reports/registration.json").read_text() == registration
+
+
 def test_champion_loads_and_predicts_on_raw_rows(first_run):
     project, _ = first_run
     script = (

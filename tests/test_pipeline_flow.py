@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.pipeline import WORKSPACE_LOCK, mlflow_links, params_for_run, promotion_markdown, workspace_lock
+from data2model.dag import WORKSPACE_LOCK, workspace_lock
+from flows.pipeline import mlflow_links, params_for_run, promotion_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 
