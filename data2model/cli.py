@@ -29,6 +29,7 @@ def _run(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(text) for text in args.set)
     params = check_overrides(overrides) if overrides else None  # bad overrides fail here, before Prefect starts
     if params is None and not args.flow_always:
+        load_params()  # a missing or broken params.yaml is a usage error, whichever path runs
         from data2model.dag import nothing_to_run
 
         if nothing_to_run():

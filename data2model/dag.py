@@ -97,8 +97,7 @@ def stale_stages() -> list[str]:
 def nothing_to_run() -> bool:
     """True when no run holds the workspace and every stage is up to date, so `d2m run` can
     answer at once instead of starting Prefect to skip seven stages."""
-    from dvc.lock import LockError
-
+    from dvc.exceptions import DvcException
     path = Path(WORKSPACE_LOCK)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as handle:
@@ -108,7 +107,7 @@ def nothing_to_run() -> bool:
             return False
         try:
             return not stale_stages()
-        except LockError:  # a plain `dvc repro` is running: the flow's path waits for it
+        except DvcException:  # a `dvc repro` holds the repo, or no DVC repo: the flow's path handles it
             return False
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
