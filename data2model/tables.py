@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def write_table(table: pa.Table, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
+
+
+def write_batches(schema: pa.Schema, batches: Iterable[pa.RecordBatch], path: str | Path) -> int:
+    """Stream record batches into a Parquet file, atomically; memory is one batch. Returns the
+    rows written. A batch iterator that raises leaves no file behind."""
+    rows = 0
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    return rows
 
 
 def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:

