@@ -31,7 +31,8 @@ def _bounded(values: np.ndarray, column: pa.ChunkedArray, dtype: pa.DataType) ->
     low, high = pc.min_max(column).values()
     missing = column.is_null().to_numpy(zero_copy_only=False)
     out = np.where(missing, 0.0, np.clip(values, low.as_py(), high.as_py()))
-    out = np.rint(out) if pa.types.is_integer(dtype) else np.round(out, 2)  # the source's precision
+    if pa.types.is_integer(dtype):
+        out = np.rint(out)
     return pa.array(out, mask=missing).cast(dtype)
 
 
