@@ -52,6 +52,23 @@ def test_copies_are_real_rows_perturbed_within_range_and_deterministic(tmp_path,
     assert 0.85 < agree < 1.0
 
 
+def test_a_perturbed_copy_passes_the_drift_check_of_the_committed_contract(flights):
+    """At 100x, 99% of the rows are perturbed copies: each must look like the data the contract
+    profiled, or validation blocks every scale run."""
+    import json
+
+    import numpy as np
+
+    from data2model.drift import drift
+    from data2model.params import load_params
+    from data2model.synth import perturbed_copy
+
+    params = load_params(ROOT)
+    contract = json.loads((ROOT / params.paths.contract).read_text())
+    psi = drift(perturbed_copy(flights, np.random.default_rng([0, 1])), contract)
+    assert max(v for v in psi.values() if v is not None) < params.validate.drift_threshold / 2, psi
+
+
 def test_scale_below_one_is_refused(tmp_path, flights):
     with pytest.raises(ParamsError, match="--scale must be a whole number of copies >= 1"):
         write_scaled(flights.slice(0, 10), 0, str(tmp_path / "x.parquet"), seed=0)
