@@ -98,8 +98,11 @@ def nothing_to_run() -> bool:
     """True when no run holds the workspace and every stage is up to date, so `d2m run` can
     answer at once instead of starting Prefect to skip seven stages."""
     from dvc.exceptions import DvcException
+
     path = Path(WORKSPACE_LOCK)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.parent.is_dir():  # no .dvc/ here: not a DVC project, the flow's path says so
+        return False
+    path.parent.mkdir(exist_ok=True)
     with path.open("w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -25,6 +25,7 @@ from data2model.errors import D2MError
 from data2model.params import PARAMS_FILE, Params, changed_keys, load_params, write_overrides
 from data2model.status import pipeline_status
 
+
 def _transient(task, task_run, state) -> bool:
     """Retry infrastructure hiccups, never a user error (bad data or params fail the same way twice)."""
     try:
