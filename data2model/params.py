@@ -15,6 +15,8 @@ from data2model.errors import ParamsError
 PARAMS_FILE = "params.yaml"
 
 
+BATCH_ROWS = 65_536  # rows per record batch in the streaming stages
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -56,6 +58,7 @@ class Data(Section):
     label_rule: str | None = "> 15"
     task: Literal["binary", "multiclass", "regression"] = "binary"
     exclude: list[str] = Field(default_factory=list)
+    batch_rows: int = Field(BATCH_ROWS, ge=1_000)
 
     @field_validator("label_rule")
     @classmethod
@@ -115,6 +118,7 @@ class Features(Section):
     categorical: list[str] = Field(default_factory=list)
     max_categories: int = Field(500, ge=1)
     min_category_count: int = Field(5, ge=1)
+    fit_sample_rows: int = Field(1_000_000, ge=1_000)
 
 
 class Split(Section):

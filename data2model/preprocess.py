@@ -127,30 +127,45 @@ def _numeric_stats(column: pa.ChunkedArray) -> dict[str, float]:
     return {"fill": fill, "mean": float(np.mean(filled)), "std": std if std > 0 else 1.0}
 
 
-def derive_label(table: pa.Table, data: Data) -> tuple[pa.Table, list[str]]:
-    """Rows with a usable target and the label column; `classes` names the class indices."""
+def derive_label(table: pa.Table, data: Data, classes: list[str] | None = None) -> tuple[pa.Table, list[str]]:
+    """Rows with a usable target and the label column; `classes` names the class indices.
+
+    Given `classes` (found once on the whole target column), a batch of rows is labelled the
+    same way as any other batch, and a batch with no usable target is simply empty.
+    """
     if data.target not in table.column_names:
         raise DataError(f"data.target {data.target!r} is not a column (columns: {', '.join(table.column_names)})")
     usable = pc.is_valid(table[data.target])
     if pa.types.is_floating(table.schema.field(data.target).type):
         usable = pc.and_(usable, pc.invert(pc.is_nan(table[data.target])))
     table = table.filter(usable)
-    if table.num_rows == 0:
-        raise DataError(f"data.target {data.target!r} is null in every row")
+    if classes is None:
+        if table.num_rows == 0:
+            raise DataError(f"data.target {data.target!r} is null in every row")
+        classes = label_classes(table[data.target], data)
     target = table[data.target]
     rule = data.parsed_rule()
     if data.task == "regression":
-        return table.append_column(LABEL, _as_float(target, data.target)), []
+        return table.append_column(LABEL, _as_float(target, data.target)), classes
     if rule is not None:
         op, threshold = rule
         label = np.asarray(_OPS[op](_as_float(target, data.target).to_numpy(), threshold), dtype=np.int32)
-        return table.append_column(LABEL, pa.array(label)), ["0", "1"]
-    classes = sorted(set(target.cast(pa.string()).to_pylist()))
+        return table.append_column(LABEL, pa.array(label, pa.int32())), classes
+    codes = pc.index_in(target.cast(pa.string()), value_set=pa.array(classes, pa.string())).cast(pa.int32())
+    return table.append_column(LABEL, codes), classes
+
+
+def label_classes(target: pa.ChunkedArray, data: Data) -> list[str]:
+    """The label's classes: none for regression, 0/1 under a rule, else the target's values."""
+    if data.task == "regression":
+        return []
+    if data.parsed_rule() is not None:
+        return ["0", "1"]
+    classes = sorted(pc.unique(target.cast(pa.string())).to_pylist())
     expected = "exactly 2" if data.task == "binary" else "at least 2"
     if (data.task == "binary" and len(classes) != 2) or len(classes) < 2:
         raise DataError(f"data.task {data.task} needs {expected} distinct values in {data.target!r}, found {len(classes)}")
-    codes = pc.index_in(target.cast(pa.string()), value_set=pa.array(classes)).cast(pa.int32())
-    return table.append_column(LABEL, codes), classes
+    return classes
 
 
 def fit_preprocessor(table: pa.Table, data: Data, params: Features, classes: list[str]) -> Preprocessor:

