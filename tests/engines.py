@@ -113,7 +113,7 @@ import json, ray, ray._private.state as state
 ray.init(logging_level="ERROR", log_to_driver=False)
 nodes = [{"id": n["NodeID"], "cpus": n["Resources"].get("CPU", 0)} for n in ray.nodes() if n["Alive"]]
 jobs = [{"entrypoint": j.get("Entrypoint", ""), "dead": j["IsDead"]} for j in state.jobs()]
-print(json.dumps({"nodes": nodes, "jobs": jobs}))
+print("D2M-STATE", json.dumps({"nodes": nodes, "jobs": jobs}))
 """
 
 
@@ -127,7 +127,8 @@ def ray_state(cluster: dict[str, str]) -> dict:
                          env={**os.environ, **cluster})
     if out.returncode:
         raise OSError(f"reading the Ray cluster's state failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    (line,) = [line for line in out.stdout.splitlines() if line.startswith("D2M-STATE ")]  # Ray logs to stdout too
+    return json.loads(line.removeprefix("D2M-STATE "))
 
 
 def postgres_binaries() -> Path | None:
