@@ -68,6 +68,16 @@ def test_raycluster_has_cpu_and_gpu_groups_with_valid_pod_templates():
         validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "ray"}, "template": template})
         for container in template["spec"]["containers"]:
             assert {"secretRef": {"name": "data2model-ray"}} in container["envFrom"]  # Ray's auth token
+        assert workspace_path(template["spec"]) == "/workspace"
+
+
+def workspace_path(pod_spec: dict) -> str:
+    """Where a pod mounts the shared workspace claim: the driver's Job and the Ray pods must
+    agree, because Ray Data's read tasks open the driver's paths."""
+    (claim,) = [doc for doc in by_kind("PersistentVolumeClaim")]
+    (volume,) = [v["name"] for v in pod_spec["volumes"] if v["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]]
+    (mount,) = [m["mountPath"] for m in pod_spec["containers"][0]["volumeMounts"] if m["name"] == volume]
+    return mount
 
 
 def render(node, values: dict):
@@ -99,6 +109,8 @@ def test_prefect_base_job_template_renders_to_a_valid_job_that_reaches_ray_and_m
                "labels": {"app.kubernetes.io/name": "data2model"}}
     job = render(template["job_configuration"]["job_manifest"], values)
     validate(job | {"metadata": job["metadata"] | {"name": "data2model-run"}})
+    pod = job["spec"]["template"]["spec"]
+    assert workspace_path(pod) == pod["containers"][0]["workingDir"] == "/workspace"  # the clone lands where Ray reads
 
     (cluster,) = by_kind("RayCluster")
     (mlflow,) = [s for s in by_kind("Service") if s["metadata"]["name"] == "mlflow"]

@@ -141,7 +141,9 @@ def run_ray_training(trainer_cls: Any, train_loop: Any, config: dict[str, Any], 
     from data2model.trainers import telemetry
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    datasets = {part: ray.data.read_parquet(str(path)) for part, path in (("train", job.train_path), ("valid", job.valid_path))}
+    # Absolute: Ray Data's read tasks run on the cluster's nodes, whose working folder is not
+    # the driver's; on several hosts the workspace must be a shared folder at the same path.
+    datasets = {part: ray.data.read_parquet(str(Path(path).resolve())) for part, path in (("train", job.train_path), ("valid", job.valid_path))}
     rows = pq.ParquetFile(job.train_path).metadata.num_rows
     collector = telemetry.start_collector()
     p = job.params
