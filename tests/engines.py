@@ -6,6 +6,7 @@ them. Each runs as a child process group of the test, so teardown stops exactly 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import pwd
 import secrets
@@ -121,8 +122,6 @@ def ray_state(cluster: dict[str, str]) -> dict:
     """The cluster's live nodes and its job table (every driver that connected), read by a
     separate driver so this process never joins the cluster. Ray's job table has no public
     API without the dashboard, which `ray[train,data]` does not install."""
-    import json
-
     out = subprocess.run([str(BIN / "python"), "-c", RAY_STATE], capture_output=True, text=True, timeout=60,
                          env={**os.environ, **cluster})
     if out.returncode:
