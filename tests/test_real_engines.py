@@ -12,6 +12,7 @@ import subprocess
 import time
 import urllib.request
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -30,11 +31,15 @@ SMALL = {
 }
 
 
+@dataclass
 class Stack:
     """The engines and the project that ran on them."""
 
-    def __init__(self, project: Path, ray: dict[str, str], mlflow_url: str, postgres_uri: str, s3: str):
-        self.project, self.ray, self.mlflow_url, self.postgres_uri, self.s3 = project, ray, mlflow_url, postgres_uri, s3
+    project: Path
+    ray: dict[str, str]  # RAY_ADDRESS and the cluster's auth settings
+    mlflow_url: str
+    postgres_uri: str
+    s3: str  # the S3 API's endpoint URL
 
     def env(self, cwd: Path) -> dict[str, str]:
         """What a team sets to leave the embedded defaults: the only difference from a local run."""
