@@ -169,3 +169,16 @@ def test_unreachable_ray_address_is_one_clear_line(monkeypatch):
     with pytest.raises(D2MError, match=r"RAY_ADDRESS=127\.0\.0\.1:\d+: no Ray head answers there") as err:
         init_ray(Train())
     assert time.monotonic() - start < 10 and "\n" not in str(err.value)
+
+
+def test_unreachable_tracking_server_is_one_clear_line():
+    from data2model import tracking
+    from data2model.errors import D2MError
+    from data2model.params import load_params
+
+    params = load_params(ROOT)
+    params = params.model_copy(update={"tracking": params.tracking.model_copy(update={"uri": f"http://127.0.0.1:{free_port()}"})})
+    start = time.monotonic()
+    with pytest.raises(D2MError, match=r"MLflow tracking URI http://127\.0\.0\.1:\d+ .*no MLflow server answers there") as err:
+        tracking.configure(params, ROOT)
+    assert time.monotonic() - start < 15 and "\n" not in str(err.value)
