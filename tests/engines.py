@@ -70,9 +70,9 @@ def processes(log: Path) -> Iterator[Callable[..., subprocess.Popen]]:
         stop(started)
 
 
-def stop(procs: list[subprocess.Popen], grace: float = 20) -> None:
-    """SIGTERM every group at once (a Ray node drains for up to 30 s: in parallel, not in
-    turn), then SIGKILL what is left after `grace` seconds."""
+def stop(procs: list[subprocess.Popen], grace: float = 10) -> None:
+    """SIGTERM every group at once, then SIGKILL what is left after `grace` seconds: a Ray
+    node would drain for up to 30 s, for work that is over when a test ends."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for proc in procs:
             try:
