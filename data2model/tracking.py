@@ -33,6 +33,8 @@ def configure(params: Params, root: Path | str = ".", experiment: str | None = N
     uri = params.tracking.resolved_uri(root)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
     mlflow.set_tracking_uri(uri)
     name = experiment or params.tracking.experiment
     found = mlflow.get_experiment_by_name(name)
@@ -40,6 +42,21 @@ def configure(params: Params, root: Path | str = ".", experiment: str | None = N
         return found.experiment_id
     location = (root / params.tracking.artifact_dir).resolve().as_uri() if uri.startswith("sqlite:") else None
     return mlflow.create_experiment(name, artifact_location=location)
+
+
+def check_server(uri: str, timeout: float = 10) -> None:
+    """Fail in seconds, naming the URI, when no tracking server answers: MLflow's client
+    retries for minutes before its own error."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # something answered (a proxy that wants credentials, say): MLflow's client says more
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise D2MError(f"MLflow tracking URI {uri} (MLFLOW_TRACKING_URI or tracking.uri): no MLflow server answers there ({reason})") from None
 
 
 def resume_run(run_id: str):

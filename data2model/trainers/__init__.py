@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -69,6 +70,8 @@ def init_ray(params: Train) -> None:
     needed = params.num_workers * params.cpus_per_worker + 1
     address = os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
+        if address:
+            check_reachable(address)
         ray.init(
             address=address,
             num_cpus=None if address else max(os.cpu_count() or 1, needed),
@@ -86,6 +89,18 @@ def init_ray(params: Train) -> None:
             f"Ray has {available:g} CPUs; train.num_workers={params.num_workers} x train.cpus_per_worker="
             f"{params.cpus_per_worker} needs {needed} (one left for reading data): lower them or add nodes"
         )
+
+
+def check_reachable(address: str, timeout: float = 5) -> None:
+    """Fail in seconds, naming RAY_ADDRESS, when nothing listens there: `ray.init` would retry
+    for minutes and then raise a long traceback. `auto` (find a local head) is left to Ray."""
+    if address == "auto":
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as err:
+        raise D2MError(f"RAY_ADDRESS={address}: no Ray head answers there ({err}); start the cluster or unset RAY_ADDRESS for a local Ray") from None
 
 
 _NOT_IN_RUN_NAME = {"storage_path", "keep_checkpoints", "max_failures"}
@@ -126,7 +141,9 @@ def run_ray_training(trainer_cls: Any, train_loop: Any, config: dict[str, Any], 
     from data2model.trainers import telemetry
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    datasets = {part: ray.data.read_parquet(str(path)) for part, path in (("train", job.train_path), ("valid", job.valid_path))}
+    # Absolute: Ray Data's read tasks run on the cluster's nodes, whose working folder is not
+    # the driver's; on several hosts the workspace must be a shared folder at the same path.
+    datasets = {part: ray.data.read_parquet(str(Path(path).resolve())) for part, path in (("train", job.train_path), ("valid", job.valid_path))}
     rows = pq.ParquetFile(job.train_path).metadata.num_rows
     collector = telemetry.start_collector()
     p = job.params
