@@ -38,6 +38,9 @@ class Paths(Section):
     plots_dir: str = "reports/plots"
     registration: str = "reports/registration.json"
     model_card: str = "reports/model_card.md"
+    calibrator: str = "models/calibrator.json"
+    calibration: str = "reports/calibration.json"
+    calibration_plots: str = "reports/calibration"
 
     def split(self, part: Literal["train", "valid", "test"]) -> str:
         return f"{self.split_dir}/{part}.parquet"
@@ -183,6 +186,26 @@ class Evaluate(Section):
         raise ValueError("must be a probability strictly between 0 and 1, or max_f1")
 
 
+class Calibration(Section):
+    """The calibrate stage: ECE at several bin counts on the holdout, an optional calibrator
+    fitted on validation rows and served inside the model, optional split-conformal sets."""
+
+    # none | temperature | isotonic: what the served model applies to its probabilities
+    # (classification only; regression is reported as skipped).
+    method: Literal["none", "temperature", "isotonic"] = "temperature"
+    bins: list[int] = Field(default_factory=lambda: [5, 10, 15, 20], min_length=1)
+    # Miscoverage of the split-conformal sets (intervals for regression); null turns them off.
+    conformal_alpha: float | None = Field(0.1, gt=0, lt=1)
+    seed: int = 42
+
+    @field_validator("bins")
+    @classmethod
+    def _bins_positive(cls, bins: list[int]) -> list[int]:
+        if any(b < 1 for b in bins):
+            raise ValueError("every bin count must be at least 1")
+        return bins
+
+
 class Canary(Section):
     """Before `champion` moves, the candidate is served the way `d2m serve` serves it and must
     answer its input example and holdout rows as in-process predict does, fast enough."""
@@ -278,6 +301,7 @@ class Params(Section):
     features: Features = Field(default_factory=Features)
     split: Split = Field(default_factory=Split)
     train: Train = Field(default_factory=Train)
+    calibration: Calibration = Field(default_factory=Calibration)
     evaluate: Evaluate = Field(default_factory=Evaluate)
     register_: Register = Field(default_factory=Register, alias="register")
     tracking: Tracking = Field(default_factory=Tracking)

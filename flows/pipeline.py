@@ -25,6 +25,7 @@ from data2model.dag import StageResult, run_stage, stage_order
 from data2model.errors import D2MError
 from data2model.params import PARAMS_FILE, Params, changed_keys, load_params, write_overrides
 from data2model.status import pipeline_status
+from data2model.tables import read_json
 
 WORKSPACE_LOCK = ".dvc/tmp/d2m-run.lock"
 
@@ -209,6 +210,12 @@ def _publish_artifacts(status: dict[str, Any], params: Params) -> None:
         [{"metric": k, "value": round(v, 6)} for k, v in metrics.items() if isinstance(v, float)],
         key="data2model-metrics", description="holdout metrics",
     )
+    calibration = Path(params.paths.calibration)
+    if calibration.exists():
+        create_table_artifact(
+            [{"measure": k, "value": v} for k, v in read_json(calibration).items()],
+            key="data2model-calibration", description="calibrate: ECE before/after per bin count, conformal coverage",
+        )
     registered = status["registered"]
     if registered:
         base = os.environ.get("D2M_MLFLOW_URL", "http://127.0.0.1:5000")

@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from data2model import model_card, promotion, tracking
+from data2model.calibration import Calibrator
 from data2model.canary import canary_check
 from data2model.errors import CanaryFailed, D2MError
 from data2model.lineage import lineage_tags
@@ -150,19 +151,19 @@ def run(params: Params) -> dict[str, Any]:
     from data2model.served_model import predictions_frame
 
     pre = Preprocessor.load(params.paths.preprocessor)
-    scorer = load_scorer(params.paths.model_dir)
+    scorer, calibrator = load_scorer(params.paths.model_dir), Calibrator.load(params.paths.calibrator)
     raw = read_table(params.paths.raw, columns=list(pre.input_columns))
     example = input_example(raw)
     metrics = read_json(params.paths.metrics)
     threshold = metrics.get("threshold", 0.5)
-    expected = predictions_frame(scorer.predict(pre.transform(pa.Table.from_pandas(example, preserve_index=False))), pre, threshold)
+    expected = predictions_frame(calibrator.apply(scorer.predict(pre.transform(pa.Table.from_pandas(example, preserve_index=False)))), pre, threshold)
     name = params.register.model_name
     tracking.configure(params)
     with tracking.resume_run(read_json(params.paths.train_report)["run_id"]) as active:
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=served_model.__file__,
-            artifacts={"preprocessor": params.paths.preprocessor, "model": params.paths.model_dir},
+            artifacts={"preprocessor": params.paths.preprocessor, "model": params.paths.model_dir, "calibrator": params.paths.calibrator},
             model_config={"threshold": threshold},
             code_paths=[str(Path(data2model.__file__).parent)],
             pip_requirements=requirements(scorer.meta["framework"]),
