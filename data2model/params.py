@@ -41,6 +41,9 @@ class Paths(Section):
     calibrator: str = "models/calibrator.json"
     calibration: str = "reports/calibration.json"
     calibration_plots: str = "reports/calibration"
+    label_audit: str = "reports/label_audit.json"
+    label_issues: str = "reports/label_issues.parquet"
+    label_audit_plots: str = "reports/label_audit"
 
     def split(self, part: Literal["train", "valid", "test"]) -> str:
         return f"{self.split_dir}/{part}.parquet"
@@ -206,6 +209,19 @@ class Calibration(Section):
         return bins
 
 
+class LabelAudit(Section):
+    """The label_audit stage: confident learning on out-of-fold probabilities (classification)."""
+
+    enabled: bool = False              # off by default: it trains `folds` extra models per run
+    folds: int = Field(5, ge=2)
+    max_rows: int | None = Field(100_000, ge=100)  # training rows audited (a random sample beyond this); null: all
+    num_boost_round: int = Field(100, ge=1)
+    eta: float = Field(0.2, gt=0)
+    max_depth: int = Field(6, ge=1)
+    max_issue_rate: float | None = Field(None, ge=0, le=1)  # the stage fails above this estimated rate; null: no gate
+    seed: int = 42
+
+
 class Canary(Section):
     """Before `champion` moves, the candidate is served the way `d2m serve` serves it and must
     answer its input example and holdout rows as in-process predict does, fast enough."""
@@ -302,6 +318,7 @@ class Params(Section):
     split: Split = Field(default_factory=Split)
     train: Train = Field(default_factory=Train)
     calibration: Calibration = Field(default_factory=Calibration)
+    label_audit: LabelAudit = Field(default_factory=LabelAudit)
     evaluate: Evaluate = Field(default_factory=Evaluate)
     register_: Register = Field(default_factory=Register, alias="register")
     tracking: Tracking = Field(default_factory=Tracking)
