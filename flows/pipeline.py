@@ -28,6 +28,11 @@ from data2model.status import pipeline_status
 from data2model.tables import read_json
 
 WORKSPACE_LOCK = ".dvc/tmp/d2m-run.lock"
+# Data-centric stage reports shown as table artifacts: (artifact key, paths field, description).
+DATA_REPORTS = (
+    ("data2model-calibration", "calibration", "calibrate: ECE before/after per bin count, conformal coverage"),
+    ("data2model-label-audit", "label_audit", "label_audit: estimated label-issue rate, overall and per class"),
+)
 
 
 def _transient(task, task_run, state) -> bool:
@@ -210,12 +215,10 @@ def _publish_artifacts(status: dict[str, Any], params: Params) -> None:
         [{"metric": k, "value": round(v, 6)} for k, v in metrics.items() if isinstance(v, float)],
         key="data2model-metrics", description="holdout metrics",
     )
-    calibration = Path(params.paths.calibration)
-    if calibration.exists():
-        create_table_artifact(
-            [{"measure": k, "value": v} for k, v in read_json(calibration).items()],
-            key="data2model-calibration", description="calibrate: ECE before/after per bin count, conformal coverage",
-        )
+    for key, path, description in DATA_REPORTS:
+        if Path(getattr(params.paths, path)).exists():
+            found = read_json(getattr(params.paths, path))
+            create_table_artifact([{"measure": k, "value": v} for k, v in tracking.flatten(found).items()], key=key, description=description)
     registered = status["registered"]
     if registered:
         base = os.environ.get("D2M_MLFLOW_URL", "http://127.0.0.1:5000")
