@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from data2model import tracking
+from data2model import quick_models, tracking
 from data2model.errors import D2MError, DataError
 from data2model.params import LabelAudit, Params
-from data2model.preprocess import LABEL, Preprocessor
+from data2model.preprocess import Preprocessor
 from data2model.stage import main
 from data2model.tables import atomic_dir, read_json, read_table, write_json, write_table
 
@@ -26,29 +26,17 @@ log = logging.getLogger("data2model.label_audit")
 ISSUES_SCHEMA = pa.schema([("row", pa.int64()), ("given", pa.string()), ("suggested", pa.string()), ("label_quality", pa.float64())])
 
 
-def _fold_probabilities(x: np.ndarray, y: np.ndarray, train_rows: np.ndarray, predict_rows: np.ndarray, types: list[str], booster: dict[str, Any], rounds: int) -> np.ndarray:
-    import xgboost
-
-    fit = xgboost.DMatrix(x[train_rows], label=y[train_rows], feature_types=types, enable_categorical=True)
-    model = xgboost.train(booster, fit, num_boost_round=rounds)
-    return model.predict(xgboost.DMatrix(x[predict_rows], feature_types=types, enable_categorical=True))
-
-
-def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, classes: int, types: list[str], knobs: LabelAudit) -> np.ndarray:
+def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, task: str, classes: int, types: list[str], knobs: LabelAudit) -> np.ndarray:
     """(rows, classes) probabilities, each row predicted by the model that did not see it;
     the folds train in parallel as Ray tasks of one CPU each."""
     import ray
     from sklearn.model_selection import StratifiedKFold
 
-    booster = {
-        "objective": "binary:logistic" if classes == 2 else "multi:softprob", "tree_method": "hist",
-        "eta": knobs.eta, "max_depth": knobs.max_depth, "seed": knobs.seed, "nthread": 1, "max_cat_to_onehot": 32,
-        **({} if classes == 2 else {"num_class": classes}),
-    }
-    fold = ray.remote(num_cpus=1)(_fold_probabilities)
+    params = quick_models.booster(task, classes, knobs.eta, knobs.max_depth, knobs.seed)
+    fold = ray.remote(num_cpus=1)(quick_models.fit_predict)
     x_ref, y_ref = ray.put(x), ray.put(y)
     splits = list(StratifiedKFold(knobs.folds, shuffle=True, random_state=knobs.seed).split(x, y))
-    found = ray.get([fold.remote(x_ref, y_ref, fit, held, types, booster, knobs.num_boost_round) for fit, held in splits])
+    found = ray.get([fold.remote(x_ref, y_ref, fit, x[held], types, params, knobs.num_boost_round) for fit, held in splits])
     probs = np.zeros((len(y), classes))
     for (_, held), p in zip(splits, found):
         probs[held] = np.column_stack([1 - p, p]) if classes == 2 else p
@@ -68,13 +56,11 @@ def audit(features: pa.Table, pre: Preprocessor, knobs: LabelAudit) -> tuple[dic
     """Pure core (Ray aside): the encoded training split in, the report and ranked suspects out."""
     rows = features.num_rows
     keep = np.sort(np.random.default_rng(knobs.seed).choice(rows, knobs.max_rows, replace=False)) if knobs.max_rows and rows > knobs.max_rows else np.arange(rows)
-    names = pre.feature_names
-    x = np.column_stack([features[n].to_numpy().astype(np.float32) for n in names])[keep]
-    y = features[LABEL].to_numpy().astype(np.int64)[keep]
+    x, y, types = quick_models.matrix(features.take(keep), pre)
     classes = len(pre.classes)
     if np.bincount(y, minlength=classes).min() < knobs.folds:
         raise DataError(f"label_audit.folds={knobs.folds}: every class needs at least that many training rows")
-    probs = out_of_fold_probabilities(x, y, classes, ["c" if n in pre.categorical else "q" for n in names], knobs)
+    probs = out_of_fold_probabilities(x, y, pre.task, classes, types, knobs)
     ranked, quality = find_issues(y, probs)
     label_names = np.array(pre.classes, dtype=object)
     issues = pa.table({
