@@ -44,6 +44,8 @@ class Paths(Section):
     label_audit: str = "reports/label_audit.json"
     label_issues: str = "reports/label_issues.parquet"
     label_audit_plots: str = "reports/label_audit"
+    learning_curve: str = "reports/learning_curve.json"
+    learning_curve_plots: str = "reports/learning_curve"
 
     def split(self, part: Literal["train", "valid", "test"]) -> str:
         return f"{self.split_dir}/{part}.parquet"
@@ -222,6 +224,26 @@ class LabelAudit(Section):
     seed: int = 42
 
 
+class LearningCurve(Section):
+    """The learning_curve stage: holdout error vs training rows, fitted to a*n^-b + c."""
+
+    enabled: bool = False              # off by default: it trains len(fractions) x repeats extra models per run
+    fractions: list[float] = Field(default_factory=lambda: [1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0], min_length=4)
+    repeats: int = Field(2, ge=1)      # independent random orders of the training rows (more points for the fit)
+    num_boost_round: int = Field(300, ge=1)
+    early_stopping_rounds: int = Field(20, ge=1)
+    eta: float = Field(0.1, gt=0)
+    max_depth: int = Field(6, ge=1)
+    seed: int = 42
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, fractions: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in fractions) or len(set(fractions)) < 4:
+            raise ValueError("need at least 4 distinct fractions of the training split, each in (0, 1]")
+        return sorted(set(fractions))
+
+
 class Canary(Section):
     """Before `champion` moves, the candidate is served the way `d2m serve` serves it and must
     answer its input example and holdout rows as in-process predict does, fast enough."""
@@ -319,6 +341,7 @@ class Params(Section):
     train: Train = Field(default_factory=Train)
     calibration: Calibration = Field(default_factory=Calibration)
     label_audit: LabelAudit = Field(default_factory=LabelAudit)
+    learning_curve: LearningCurve = Field(default_factory=LearningCurve)
     evaluate: Evaluate = Field(default_factory=Evaluate)
     register_: Register = Field(default_factory=Register, alias="register")
     tracking: Tracking = Field(default_factory=Tracking)
