@@ -32,6 +32,7 @@ WORKSPACE_LOCK = ".dvc/tmp/d2m-run.lock"
 DATA_REPORTS = (
     ("data2model-calibration", "calibration", "calibrate: ECE before/after per bin count, conformal coverage"),
     ("data2model-label-audit", "label_audit", "label_audit: estimated label-issue rate, overall and per class"),
+    ("data2model-learning-curve", "learning_curve", "learning_curve: fitted a*n^-b + c, predicted gain from 2x and 10x data"),
 )
 
 
