@@ -259,6 +259,20 @@ class DatasetCard(Section):
     limitations: list[str] = Field(default_factory=list)
 
 
+class Tune(Section):
+    """`d2m tune`: Ray Tune with ASHA over train.xgboost keys."""
+
+    # train.xgboost key -> {loguniform|uniform|randint|choice: [values]}
+    search_space: dict[str, dict[str, list[Any]]] = Field(default_factory=lambda: {
+        "eta": {"loguniform": [0.01, 0.3]}, "max_depth": {"randint": [3, 11]}, "min_child_weight": {"loguniform": [1.0, 20.0]},
+    })
+    num_samples: int = Field(16, ge=1)
+    max_rounds: int = Field(300, ge=1)        # ASHA's max_t, in boosting rounds
+    grace_rounds: int = Field(20, ge=1)       # every trial runs at least this many rounds
+    reduction_factor: float = Field(3.0, gt=1)
+    seed: int = 42
+
+
 class Canary(Section):
     """Before `champion` moves, the candidate is served the way `d2m serve` serves it and must
     answer its input example and holdout rows as in-process predict does, fast enough."""
@@ -358,6 +372,7 @@ class Params(Section):
     label_audit: LabelAudit = Field(default_factory=LabelAudit)
     learning_curve: LearningCurve = Field(default_factory=LearningCurve)
     dataset_card: DatasetCard = Field(default_factory=DatasetCard)
+    tune: Tune = Field(default_factory=Tune)
     evaluate: Evaluate = Field(default_factory=Evaluate)
     register_: Register = Field(default_factory=Register, alias="register")
     tracking: Tracking = Field(default_factory=Tracking)
