@@ -77,6 +77,12 @@ def audit(features: pa.Table, pre: Preprocessor, knobs: LabelAudit) -> tuple[dic
     return report, issues
 
 
+def gate(rate: float, max_rate: float | None, suspects: str) -> None:
+    """The optional gate: a run whose estimated label-issue rate is above max_rate fails."""
+    if max_rate is not None and rate > max_rate:
+        raise D2MError(f"label audit: estimated label-issue rate {rate:.4f} is above label_audit.max_issue_rate {max_rate} (suspects: {suspects})")
+
+
 def by_class_plot(report: dict[str, Any]) -> pa.Table:
     rates = report.get("issue_rate_by_class", {})
     return pa.table({"given": list(rates), "issue_rate": list(rates.values())}, schema=pa.schema([("given", pa.string()), ("issue_rate", pa.float64())]))
@@ -106,8 +112,7 @@ def run(params: Params) -> dict[str, Any]:
         with tracking.resume_run(read_json(params.paths.train_report)["run_id"]):
             mlflow.log_metrics({"label_issue_rate": report["label_issue_rate"], "label_issues": report["label_issues"]})
         log.info("label audit: %d of %d training rows look mislabelled (%.2f%%)", report["label_issues"], report["rows_audited"], 100 * report["label_issue_rate"])
-        if knobs.max_issue_rate is not None and report["label_issue_rate"] > knobs.max_issue_rate:
-            raise D2MError(f"label audit: estimated label-issue rate {report['label_issue_rate']:.4f} is above label_audit.max_issue_rate {knobs.max_issue_rate} (suspects: {params.paths.label_issues})")
+        gate(report["label_issue_rate"], knobs.max_issue_rate, params.paths.label_issues)
     return {k: v for k, v in report.items() if not isinstance(v, dict)}
 
 

@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from data2model.errors import DataError
+from data2model.errors import D2MError, DataError
 from data2model.params import LabelAudit, parse_params
 from tasks.features import build_features
-from tasks.label_audit import audit
+from tasks.label_audit import audit, gate
 from tests.conftest import small_flights
 
 ROWS, NOISE = 12000, 0.05
@@ -82,3 +82,10 @@ def test_a_class_smaller_than_the_folds_is_a_clear_error(flights, ray_cluster):
     features, pre = _features(flights.append_column("route_class", pa.array(labels.astype(str))), "multiclass")
     with pytest.raises(DataError, match="label_audit.folds=5"):
         audit(features, pre, LabelAudit(enabled=True, folds=5, max_rows=None))
+
+
+def test_the_gate_fails_above_max_issue_rate_only():
+    gate(0.04, 0.05, "reports/label_issues.parquet")
+    gate(0.9, None, "reports/label_issues.parquet")
+    with pytest.raises(D2MError, match="0.0600 is above label_audit.max_issue_rate 0.05"):
+        gate(0.06, 0.05, "reports/label_issues.parquet")
