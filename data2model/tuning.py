@@ -68,6 +68,8 @@ def search(params: Params) -> dict[str, Any]:
     from data2model.trainers import init_ray, storage_uri
 
     knobs: Tune = params.tune
+    if params.train.framework != "xgboost":
+        raise D2MError(f"d2m tune searches train.xgboost keys, but train.framework is {params.train.framework}: set it to xgboost")
     pre = Preprocessor.load(params.paths.preprocessor)
     x, y, types = quick_models.matrix(read_table(params.paths.split("train")), pre)
     xv, yv, _ = quick_models.matrix(read_table(params.paths.split("valid")), pre)

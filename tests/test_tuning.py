@@ -20,6 +20,8 @@ def test_a_bad_search_space_is_named():
         domains({"num_boost_round": {"randint": [10, 100]}})
     with pytest.raises(D2MError, match="tune.search_space.eta: expected one of loguniform"):
         domains({"eta": {"normal": [0.1, 0.01]}})
+    with pytest.raises(D2MError, match="train.framework is torch"):
+        search(parse_params({"train": {"framework": "torch"}}))
 
 
 def test_asha_search_on_real_flights_logs_trials_and_returns_valid_overrides(tmp_path, monkeypatch):
