@@ -62,7 +62,10 @@ def fit_power_law(rows: np.ndarray, error: np.ndarray, full: int, seed: int) -> 
     scale = float(rows.max())
     x = rows / scale  # fit in units of the largest size: a stays O(error), the fit is well conditioned
     p0 = (max(error.max() - error.min(), 1e-6), 0.5, max(error.min() * 0.9, 0.0))
-    (a, b, c), cov = curve_fit(power_law, x, error, p0=p0, bounds=([0, 0, 0], [np.inf, 3, np.inf]), maxfev=20000)
+    try:
+        (a, b, c), cov = curve_fit(power_law, x, error, p0=p0, bounds=([0, 0, 0], [np.inf, 3, np.inf]), maxfev=20000)
+    except RuntimeError as err:  # scipy's "optimal parameters not found"
+        raise D2MError(f"learning curve: a*n^-b + c does not fit the measured points ({err}); see {list(zip(rows.tolist(), error.round(4).tolist()))}") from None
     draws = np.random.default_rng(seed).multivariate_normal([a, b, c], cov, PARAMETER_SAMPLES, check_valid="ignore")
     draws[:, 1] = np.clip(draws[:, 1], 0, None)
     b_std = float(np.sqrt(cov[1, 1]))
