@@ -26,6 +26,7 @@ from data2model.stage import main
 from data2model.tables import atomic_dir, read_json, read_table
 
 log = logging.getLogger("data2model.calibrate")
+RELIABILITY_SCHEMA = pa.schema([("mean_predicted", pa.float64()), ("fraction_positive", pa.float64()), ("count", pa.int64())])
 
 
 def halves(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -47,12 +48,12 @@ def calibrate(task: str, y_valid: np.ndarray, valid: np.ndarray, y_test: np.ndar
     if method == "temperature":
         report["temperature"] = calibrator.temperature
     after = calibrator.apply(test)
-    plots = {}
+    plots = {"reliability_before": RELIABILITY_SCHEMA.empty_table()}  # regression: the header only, so the output exists
     if classify:
         for bins in knobs.bins:
             report[f"ece_before_{bins}"] = cal.confidence_ece(y_test, test, bins)
             report[f"ece_after_{bins}"] = cal.confidence_ece(y_test, after, bins)
-        plots["reliability_before"] = pa.table(cal.reliability(y_test, test, max(knobs.bins)))
+        plots["reliability_before"] = pa.table(cal.reliability(y_test, test, max(knobs.bins)), schema=RELIABILITY_SCHEMA)
     if conformal:
         scores = calibrator.apply(valid[conformal_rows])
         q = cal.conformal_quantile(cal.nonconformity(y_valid[conformal_rows], scores, task), knobs.conformal_alpha)
@@ -77,8 +78,9 @@ def run(params: Params) -> dict[str, Any]:
         mlflow.log_metrics({f"calibration_{k}": v for k, v in report.items() if isinstance(v, float)})
         for name, table in plots.items():
             pacsv.write_csv(table, folder / f"{name}.csv")
-            draw(name, table, folder / f"{name}.png")
-            mlflow.log_artifact(str(folder / f"{name}.png"), artifact_path="plots")
+            if table.num_rows:
+                draw(name, table, folder / f"{name}.png")
+                mlflow.log_artifact(str(folder / f"{name}.png"), artifact_path="plots")
     calibrator.save(params.paths.calibrator)
     write_json(report, params.paths.calibration)
     log.info("calibration: %s", ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in report.items()))

@@ -90,7 +90,7 @@ def test_regression_skips_calibration_and_gives_conformal_intervals():
     assert calibrator.method == "none" and report["method"] == "none" and "regression" in report["skipped"]
     assert report["conformal_coverage"] == pytest.approx(0.8, abs=0.02)
     assert report["conformal_interval_width"] == pytest.approx(2 * 1.2816, rel=0.1)  # z(0.9) of N(0, 1)
-    assert plots == {} and not any(k.startswith("ece") for k in report)
+    assert plots["reliability_before"].num_rows == 0 and not any(k.startswith("ece") for k in report)
 
 
 def test_too_few_rows_for_alpha_is_a_clear_error():
