@@ -180,6 +180,25 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from data2model.promotion import PRIMARY
+    from data2model.tables import read_json
+    from data2model.tuning import search
+
+    params = load_params()
+    before = read_json(params.paths.metrics) if Path(params.paths.metrics).exists() else {}
+    found = search(params)
+    print(f"best of {found['trials']} trials ({found['stopped_early']} stopped early by ASHA): valid {found['metric']} {found['best_metric']:.5f} with {found['overrides']} (MLflow run {found['mlflow_run_id']})")
+    if args.search_only:
+        return 0
+    args.set = [f"{k}={v}" for k, v in found["overrides"].items()]
+    code = _run(args)
+    after = read_json(params.paths.metrics)
+    metric = PRIMARY[after["task"]][0]
+    print(f"holdout {metric}: default params {before.get(metric, float('nan')):.4f}, tuned {after[metric]:.4f}")
+    return code
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="d2m", description="data2model: raw data to a served model, reproducibly (run from the project root).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -187,6 +206,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a params.yaml key for this run (dotted, YAML value), e.g. --set train.xgboost.max_depth=6; the run is saved as a DVC experiment and params.yaml is left unchanged; repeatable")
     run.add_argument("--flow-always", action="store_true", help="start the Prefect flow run even when DVC finds every stage up to date (by default such a run answers at once, without Prefect)")
     run.set_defaults(func=_run)
+    tune = sub.add_parser("tune", help="Ray Tune (ASHA) over tune.search_space, then a run with the best config", description="Search train.xgboost keys with Ray Tune and ASHA on the current split (trials logged to MLflow), then run the pipeline with the best config: a DVC experiment that `dvc exp apply` makes permanent.")
+    tune.add_argument("--search-only", action="store_true", help="report the best config without running the pipeline")
+    tune.set_defaults(func=_tune)
     serve = sub.add_parser(
         "serve",
         help="serve models:/<name>@champion over HTTP (MLflow's /invocations protocol), following the alias",

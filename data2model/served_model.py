@@ -1,7 +1,7 @@
 """The registered MLflow model: raw rows in, predictions out, preprocessing inside.
 
-It loads the same Preprocessor and Scorer that produced the holdout metrics, so what is served
-is exactly what was evaluated.
+It loads the same Preprocessor, Scorer and Calibrator that produced the holdout metrics, so
+what is served is exactly what was evaluated.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from data2model.calibration import Calibrator
 from data2model.preprocess import Preprocessor
 from data2model.scoring import decide, load_scorer
 
@@ -27,11 +28,12 @@ class RawRowsModel(mlflow.pyfunc.PythonModel):
 
         self.pre = Preprocessor.load(context.artifacts["preprocessor"])
         self.scorer = load_scorer(Path(context.artifacts["model"]))
+        self.calibrator = Calibrator.load(context.artifacts["calibrator"])
         self.threshold = float(context.model_config.get("threshold", 0.5))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         table = pa.Table.from_pandas(model_input, preserve_index=False)
-        scores = self.scorer.predict(self.pre.transform(table))
+        scores = self.calibrator.apply(self.scorer.predict(self.pre.transform(table)))
         return predictions_frame(scores, self.pre, self.threshold)
 
 

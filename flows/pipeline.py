@@ -24,6 +24,14 @@ from data2model.dag import StageResult, run_stage, stage_order, workspace_lock
 from data2model.errors import D2MError
 from data2model.params import PARAMS_FILE, Params, changed_keys, load_params, write_overrides
 from data2model.status import pipeline_status
+from data2model.tables import read_json
+
+# Data-centric stage reports shown as table artifacts: (artifact key, paths field, description).
+DATA_REPORTS = (
+    ("data2model-calibration", "calibration", "calibrate: ECE before/after per bin count, conformal coverage"),
+    ("data2model-label-audit", "label_audit", "label_audit: estimated label-issue rate, overall and per class"),
+    ("data2model-learning-curve", "learning_curve", "learning_curve: fitted a*n^-b + c, predicted gain from 2x and 10x data"),
+)
 
 
 def _transient(task, task_run, state) -> bool:
@@ -188,12 +196,19 @@ def _publish_artifacts(status: dict[str, Any], params: Params) -> None:
         [{"metric": k, "value": round(v, 6)} for k, v in metrics.items() if isinstance(v, float)],
         key="data2model-metrics", description="holdout metrics",
     )
+    for key, path, description in DATA_REPORTS:
+        if Path(getattr(params.paths, path)).exists():
+            found = read_json(getattr(params.paths, path))
+            create_table_artifact([{"measure": k, "value": v} for k, v in tracking.flatten(found).items()], key=key, description=description)
     registered = status["registered"]
     if registered:
         base = os.environ.get("D2M_MLFLOW_URL", "http://127.0.0.1:5000")
         for text, link in mlflow_links(base, tracking.configure(params), registered).items():
             create_link_artifact(link, link_text=text, key="data2model-" + ("mlflow-run" if text == "MLflow run" else "model-version"))
         create_markdown_artifact(promotion_markdown(registered), key="data2model-promotion", description="promotion decision")
+        data_card = Path(params.paths.dataset_card)
+        if data_card.exists():
+            create_markdown_artifact(data_card.read_text(), key="data2model-dataset-card", description=f"dataset card of the data version (Croissant: {params.paths.croissant})")
         card = Path(params.paths.model_card)
         if card.exists():
             create_markdown_artifact(card.read_text(), key="data2model-model-card", description=f"model card of version {registered['version']}")

@@ -1,5 +1,6 @@
-"""evaluate: score the holdout with the trained model through the serving path (scoring.py)
-and write metrics.json plus plot data for `dvc plots` and pictures for MLflow."""
+"""evaluate: score the holdout with the trained model through the serving path (scoring.py,
+then the calibrate stage's calibrator, as the served model does) and write metrics.json
+plus plot data for `dvc plots` and pictures for MLflow."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from data2model import tracking
+from data2model.calibration import Calibrator, reliability
 from data2model.params import Params
 from data2model.preprocess import LABEL, Preprocessor
 from data2model.scoring import decide, load_scorer
@@ -82,10 +84,7 @@ def plot_tables(y: np.ndarray, scores: np.ndarray, pre: Preprocessor, threshold:
         fpr, tpr, _ = roc_curve(y, scores)
         keep = np.unique(np.linspace(0, len(fpr) - 1, min(ROC_POINTS, len(fpr))).astype(int))
         tables["roc"] = pa.table({"fpr": fpr[keep], "tpr": tpr[keep]})
-        bins = np.minimum((scores * CALIBRATION_BINS).astype(int), CALIBRATION_BINS - 1)
-        rows = [(scores[bins == b].mean(), y[bins == b].mean(), int((bins == b).sum())) for b in range(CALIBRATION_BINS) if (bins == b).any()]
-        mean_predicted, fraction_positive, count = (list(c) for c in zip(*rows))
-        tables["calibration"] = pa.table({"mean_predicted": mean_predicted, "fraction_positive": fraction_positive, "count": count})
+        tables["calibration"] = pa.table(reliability(y, scores, CALIBRATION_BINS))
     return tables
 
 
@@ -96,7 +95,7 @@ def evaluate(test: pa.Table, scores: np.ndarray, pre: Preprocessor, threshold: f
     return {"task": pre.task, "rows": int(test.num_rows), **found}, plot_tables(y, scores, pre, threshold)
 
 
-def _draw(name: str, table: pa.Table, path: Path) -> None:
+def draw(name: str, table: pa.Table, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,13 +134,13 @@ def run(params: Params) -> dict[str, Any]:
     from data2model.tables import write_json
 
     pre = Preprocessor.load(params.paths.preprocessor)
-    scorer = load_scorer(params.paths.model_dir)
+    scorer, calibrator = load_scorer(params.paths.model_dir), Calibrator.load(params.paths.calibrator)
     threshold = 0.5
     if pre.task == "binary":
         valid = read_table(params.paths.split("valid"))
-        threshold = choose_threshold(valid[LABEL].to_numpy(), scorer.predict(valid), params.evaluate.threshold)
+        threshold = choose_threshold(valid[LABEL].to_numpy(), calibrator.apply(scorer.predict(valid)), params.evaluate.threshold)
     test = read_table(params.paths.split("test"))
-    found, plots = evaluate(test, scorer.predict(test), pre, threshold)
+    found, plots = evaluate(test, calibrator.apply(scorer.predict(test)), pre, threshold)
     if pre.task == "binary":
         found["threshold"] = threshold
     tracking.configure(params)
@@ -149,7 +148,7 @@ def run(params: Params) -> dict[str, Any]:
         mlflow.log_metrics({f"test_{k}": v for k, v in found.items() if isinstance(v, float)})
         for name, table in plots.items():
             pacsv.write_csv(table, folder / f"{name}.csv")
-            _draw(name, table, folder / f"{name}.png")
+            draw(name, table, folder / f"{name}.png")
             mlflow.log_artifact(str(folder / f"{name}.png"), artifact_path="plots")
     write_json(found, params.paths.metrics)
     log.info("holdout: %s", ", ".join(f"{k}={v:.4f}" for k, v in found.items() if isinstance(v, float)))

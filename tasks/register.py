@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from data2model import model_card, promotion, tracking
+from data2model.calibration import Calibrator
 from data2model.canary import canary_check
 from data2model.errors import CanaryFailed, D2MError
 from data2model.lineage import lineage_tags
@@ -140,6 +141,14 @@ def card_facts(params: Params, summary: dict[str, Any], tags: dict[str, Any], me
     }
 
 
+def link_dataset_card(client, params: Params, name: str, version: str, run_id: str) -> None:
+    """The data version's card and Croissant metadata: artifacts of the run, named by version tags."""
+    for path in (params.paths.dataset_card, params.paths.croissant):
+        client.log_artifact(run_id, path, artifact_path="dataset_card")
+    client.set_model_version_tag(name, version, "dataset_card", f"runs:/{run_id}/dataset_card/{Path(params.paths.dataset_card).name}")
+    client.set_model_version_tag(name, version, "croissant", f"runs:/{run_id}/dataset_card/{Path(params.paths.croissant).name}")
+
+
 def run(params: Params) -> dict[str, Any]:
     import mlflow
     from mlflow.models import ModelSignature
@@ -150,19 +159,19 @@ def run(params: Params) -> dict[str, Any]:
     from data2model.served_model import predictions_frame
 
     pre = Preprocessor.load(params.paths.preprocessor)
-    scorer = load_scorer(params.paths.model_dir)
+    scorer, calibrator = load_scorer(params.paths.model_dir), Calibrator.load(params.paths.calibrator)
     raw = read_table(params.paths.raw, columns=list(pre.input_columns))
     example = input_example(raw)
     metrics = read_json(params.paths.metrics)
     threshold = metrics.get("threshold", 0.5)
-    expected = predictions_frame(scorer.predict(pre.transform(pa.Table.from_pandas(example, preserve_index=False))), pre, threshold)
+    expected = predictions_frame(calibrator.apply(scorer.predict(pre.transform(pa.Table.from_pandas(example, preserve_index=False)))), pre, threshold)
     name = params.register.model_name
     tracking.configure(params)
     with tracking.resume_run(read_json(params.paths.train_report)["run_id"]) as active:
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=served_model.__file__,
-            artifacts={"preprocessor": params.paths.preprocessor, "model": params.paths.model_dir},
+            artifacts={"preprocessor": params.paths.preprocessor, "model": params.paths.model_dir, "calibrator": params.paths.calibrator},
             model_config={"threshold": threshold},
             code_paths=[str(Path(data2model.__file__).parent)],
             pip_requirements=requirements(scorer.meta["framework"]),
@@ -208,6 +217,7 @@ def run(params: Params) -> dict[str, Any]:
     client.update_model_version(name, version, description=card)
     write_text(card, params.paths.model_card)
     client.log_artifact(run_id, params.paths.model_card)
+    link_dataset_card(client, params, name, version, run_id)
     write_json(summary, params.paths.registration)
     log.info("registered %s version %s with alias(es) %s", name, version, ", ".join(summary["aliases"]))
     return summary

@@ -19,7 +19,7 @@ D2M = Path(sys.executable).parent / "d2m"
 
 def test_stage_order_is_dvc_yaml_upstream_first(monkeypatch):
     monkeypatch.chdir(ROOT)
-    assert stage_order() == ["ingest", "validate", "features", "split", "train", "evaluate", "register"]
+    assert stage_order() == ["ingest", "validate", "dataset_card", "features", "split", "train", "calibrate", "evaluate", "label_audit", "learning_curve", "register"]
 
 
 def test_in_process_runner_maps_a_stage_module_to_its_run():

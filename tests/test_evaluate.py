@@ -22,11 +22,12 @@ def _pre(task: str, classes: list[str]) -> Preprocessor:
 
 
 def _dvc_plots() -> dict[str, dict]:
-    """File stem -> plot definition, from dvc.yaml's top-level `plots`."""
+    """File stem -> plot definition, from dvc.yaml's top-level `plots` under paths.plots_dir."""
     plots = {}
     for entry in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]:
         ((path, spec),) = entry.items()
-        plots[Path(path).stem] = spec
+        if path.startswith("${paths.plots_dir}/"):
+            plots[Path(path).stem] = spec
     return plots
 
 
