@@ -5,6 +5,7 @@ them. Each runs as a child process group of the test, so teardown stops exactly 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -33,11 +34,9 @@ def wait_until(what: str, ready: Callable[[], bool], procs: list[subprocess.Pope
         for proc in procs:
             if proc.poll() is not None:
                 raise AssertionError(f"{what} exited {proc.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
-        try:
+        with contextlib.suppress(OSError):  # not listening yet
             if ready():
                 return
-        except OSError:
-            pass
         time.sleep(0.5)
     raise AssertionError(f"{what} not ready after {timeout:.0f} s:\n{log.read_text(errors='replace')[-4000:]}")
 
@@ -75,16 +74,12 @@ def stop(procs: list[subprocess.Popen], grace: float = 10) -> None:
     node would drain for up to 30 s, for work that is over when a test ends."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for proc in procs:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # already gone
                 os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 5)
         for proc in procs:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # SIGKILL comes next
                 proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
         if all(proc.poll() is not None for proc in procs):
             return
 
