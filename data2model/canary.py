@@ -106,6 +106,7 @@ def run_canary(params: Params, name: str, version: str) -> dict[str, Any]:
     from data2model.tables import read_table
 
     cfg = params.register.canary
+    started = time.perf_counter()
     try:
         loaded = load_version(name, version)
     except Exception as err:  # a version that cannot load is exactly what the canary is for
@@ -136,7 +137,7 @@ def run_canary(params: Params, name: str, version: str) -> dict[str, Any]:
         p50_ms = statistics.median(_post(port, body)[2] for body in single) * 1000
     if p50_ms > cfg.max_p50_ms:
         raise CanaryFailed(f"median single-row latency {p50_ms:.1f} ms is above register.canary.max_p50_ms={cfg.max_p50_ms:g}")
-    return {"passed": True, "rows": len(rows), "max_abs_diff": worst, "p50_ms": round(p50_ms, 2)}
+    return {"passed": True, "rows": len(rows), "max_abs_diff": worst, "p50_ms": round(p50_ms, 2), "seconds": round(time.perf_counter() - started, 1)}
 
 
 def canary_check(params: Params) -> Callable[[str, str], dict[str, Any]] | None:

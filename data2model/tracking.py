@@ -23,6 +23,30 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def run_params(params: Params) -> dict[str, Any]:
+    """The params as MLflow shows them: flat dotted keys, paths left out (they are the same everywhere)."""
+    return {k: v for k, v in flatten(params.as_dict()).items() if not k.startswith("paths.")}
+
+
+UI_DEFAULT = "http://127.0.0.1:5000"
+
+
+def ui_url() -> str:
+    """The MLflow UI that links point at: the one `d2m up` started (D2M_MLFLOW_URL), else `mlflow ui`'s default."""
+    return os.environ.get("D2M_MLFLOW_URL", UI_DEFAULT).rstrip("/")
+
+
+def run_url(base: str, experiment_id: str, run_id: str) -> str:
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def artifact_url(base: str, run_id: str, path: str) -> str:
+    """The file itself, as the MLflow server sends it (an image renders inline in Markdown)."""
+    from urllib.parse import urlencode
+
+    return f"{base.rstrip('/')}/get-artifact?{urlencode({'path': path, 'run_uuid': run_id})}"
+
+
 def configure(params: Params, root: Path | str = ".", experiment: str | None = None) -> str:
     """Point MLflow at the configured store; return the id of `experiment` (default
     tracking.experiment), created on first use with its artifacts beside the store's."""

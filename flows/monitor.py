@@ -82,7 +82,8 @@ def _plots(assessment, served, reference, task: str, threshold: float, folder: P
     return paths
 
 
-def _markdown(report: dict[str, Any], plots: list[Path]) -> str:
+def _markdown(report: dict[str, Any], plots: list[Path], run: str, images: list[str]) -> str:
+    """The report for the Prefect run: the plots inline (served by the MLflow UI the links point at)."""
     rows = "\n".join(f"| {c} | {v:.3f} | {'drifted' if c in report['drifted'] else ''} |" for c, v in sorted(report["feature_psi"].items(), key=lambda kv: -kv[1])[:15])
     live = report["live"]
     live_line = f"Live {live['metric']}: {live['value']:.4f} on {live['rows']:,} labelled rows (holdout {live['holdout']:.4f})" if live else "No labels joined: live metrics not computed."
@@ -91,7 +92,8 @@ def _markdown(report: dict[str, Any], plots: list[Path]) -> str:
         f"{report['rows']:,} served rows since {report['since']}. Decision: **{report['decision']}**: {report['why']}.\n\n"
         + ("".join(f"- {r}\n" for r in report["reasons"]) or "- no threshold crossed\n")
         + f"\nPrediction PSI: {report['prediction_psi']}. {live_line}\n\n| column | PSI | |\n|---|---|---|\n{rows}\n\n"
-        + "Plots: " + ", ".join(f"`{p}`" for p in plots) + "\n"
+        + "".join(f"![{p.stem}]({url})\n\n" for p, url in zip(plots, images))
+        + f"[MLflow run]({run}) (plots and report.json); on disk: " + ", ".join(f"`{p}`" for p in plots) + "\n"
     )
 
 
@@ -144,14 +146,17 @@ def _monitor(params: Params, labels_path: str | None, trigger: bool) -> dict[str
     from data2model import tracking
 
     experiment = tracking.configure(params, experiment=f"{params.tracking.experiment}-monitoring")
-    with mlflow.start_run(experiment_id=experiment, run_name=f"monitor {now:%Y-%m-%d %H:%M}"):
+    with mlflow.start_run(experiment_id=experiment, run_name=f"monitor {now:%Y-%m-%d %H:%M}") as run:
         mlflow.log_metrics({"served_rows": assessment.rows, "drifted_columns": len(assessment.drifted), "max_feature_psi": max(assessment.feature_psi.values(), default=0.0),
                             **({"prediction_psi": assessment.prediction_psi} if assessment.prediction_psi is not None else {}), **({f"live_{live['metric']}": live["value"]} if live else {})})
         mlflow.log_param("champion_version", version)
         mlflow.set_tag("decision", report["decision"])
         for path in [*plots, folder / "report.json"]:
             mlflow.log_artifact(str(path))
-    create_markdown_artifact(_markdown(report, plots), key="data2model-monitoring", description=f"monitoring: {report['decision']}")
+    base, run_id = tracking.ui_url(), run.info.run_id
+    images = [tracking.artifact_url(base, run_id, p.name) for p in plots]
+    markdown = _markdown(report, plots, tracking.run_url(base, experiment, run_id), images)
+    create_markdown_artifact(markdown, key="data2model-monitoring", description=f"monitoring: {report['decision']}")
     return report
 
 

@@ -9,7 +9,6 @@ and the committed params.yaml is put back byte for byte."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
+from data2model import tracking
 from data2model.dag import StageResult, run_stage, stage_order, workspace_lock
 from data2model.errors import D2MError
 from data2model.params import PARAMS_FILE, Params, changed_keys, load_params, write_overrides
@@ -173,7 +173,7 @@ def mlflow_links(base: str, experiment_id: str, registered: dict[str, Any]) -> d
     """MLflow UI addresses of the training run and the registered version."""
     base = base.rstrip("/")
     return {
-        "MLflow run": f"{base}/#/experiments/{experiment_id}/runs/{registered['run_id']}",
+        "MLflow run": tracking.run_url(base, experiment_id, registered["run_id"]),
         f"model {registered['model_name']} version {registered['version']}": f"{base}/#/models/{registered['model_name']}/versions/{registered['version']}",
     }
 
@@ -183,14 +183,13 @@ def promotion_markdown(registered: dict[str, Any]) -> str:
     if gate:
         return _gate_markdown(gate)
     verdict = "champion" if "champion" in registered["aliases"] else "not promoted"
-    return f"## Promotion\n\nVersion {registered['version']}: {verdict} (no champion to compare with).\n"
+    first = registered.get("first", {})
+    return f"## Promotion\n\nVersion {registered['version']}: {verdict} ({first.get('reason', 'no champion to compare with')}).\n"
 
 
 def _publish_artifacts(status: dict[str, Any], params: Params) -> None:
-    """Metrics table, MLflow links, Data Docs and the promotion decision, each its own artifact.
-    The MLflow UI is the one `d2m up` started (D2M_MLFLOW_URL), else `mlflow ui`'s default."""
-    from data2model import tracking
-
+    """Metrics table, MLflow links (to tracking.ui_url()), Data Docs and the promotion decision,
+    each its own artifact."""
     metrics = status["metrics"] or {}
     create_table_artifact(
         [{"metric": k, "value": round(v, 6)} for k, v in metrics.items() if isinstance(v, float)],
@@ -202,8 +201,7 @@ def _publish_artifacts(status: dict[str, Any], params: Params) -> None:
             create_table_artifact([{"measure": k, "value": v} for k, v in tracking.flatten(found).items()], key=key, description=description)
     registered = status["registered"]
     if registered:
-        base = os.environ.get("D2M_MLFLOW_URL", "http://127.0.0.1:5000")
-        for text, link in mlflow_links(base, tracking.configure(params), registered).items():
+        for text, link in mlflow_links(tracking.ui_url(), tracking.configure(params), registered).items():
             create_link_artifact(link, link_text=text, key="data2model-" + ("mlflow-run" if text == "MLflow run" else "model-version"))
         create_markdown_artifact(promotion_markdown(registered), key="data2model-promotion", description="promotion decision")
         data_card = Path(params.paths.dataset_card)

@@ -74,10 +74,6 @@ def input_example(raw: pa.Table) -> pd.DataFrame:
     return head.to_pandas()
 
 
-def choose_aliases(has_champion: bool) -> list[str]:
-    return [CHALLENGER] if has_champion else [CHALLENGER, CHAMPION]
-
-
 def check_round_trip(expected: pd.DataFrame, served: pd.DataFrame) -> None:
     """The logged model must give the in-process predictions on its input example."""
     if list(served.columns) != list(expected.columns) or len(served) != len(expected):
@@ -177,6 +173,7 @@ def run(params: Params) -> dict[str, Any]:
             pip_requirements=requirements(scorer.meta["framework"]),
             signature=ModelSignature(inputs=input_schema(raw), outputs=_infer_schema(expected)),
             input_example=example,
+            params=tracking.run_params(params),  # this version's exact values (the run's are train's; a later stage's override shows here)
         )
         challenger = mlflow.pyfunc.load_model(info.model_uri)
         check_round_trip(expected, challenger.predict(example))
@@ -194,25 +191,29 @@ def run(params: Params) -> dict[str, Any]:
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))
-    aliases = choose_aliases(champion is not None)
-    for alias in aliases:
-        client.set_registered_model_alias(name, alias, version)
-    summary = {"model_name": name, "version": int(version), "aliases": aliases, "run_id": run_id, "model_uri": f"models:/{name}/{version}"}
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    summary = {"model_name": name, "version": int(version), "aliases": [CHALLENGER], "run_id": run_id, "model_uri": f"models:/{name}/{version}"}
     models = [challenger] if champion is None else [challenger, mlflow.pyfunc.load_model(f"models:/{name}/{champion}")]
     scores = holdout_scores(params, pre.task, models)
-    if champion is not None:
-        decision = promotion.decide(pre.task, scores[1], scores[0], params.register)
-        if decision.promote:
-            try:
-                promotion.move_champion(client, name, version, "gate", decision.reason, check=canary_check(params))
-                summary["aliases"] = [*aliases, CHAMPION]
-            except CanaryFailed as err:
-                decision = dataclasses.replace(decision, promote=False, reason=f"{decision.reason}; but {err}")
-        gate_tags = {"gate.champion_version": champion, "gate.decision": "promoted" if decision.promote else "kept champion", "gate.reason": decision.reason, "gate.table": json.dumps(decision.table)}
+    decision = promotion.decide(pre.task, scores[1], scores[0], params.register) if champion is not None else None
+    promote, reason = (decision.promote, decision.reason) if decision else (True, "the first version: no champion to compare with")
+    if promote:  # the canary runs before every move of champion, the first one included
+        try:
+            promotion.move_champion(client, name, version, "gate" if decision else "first", reason, check=canary_check(params))
+            summary["aliases"].append(CHAMPION)
+        except CanaryFailed as err:
+            promote, reason = False, f"{reason}; but {err}"
+    if decision is None:
+        summary["first"] = {"promoted": promote, "reason": reason}
+        if not promote:
+            log.warning("version %s is not champion: %s", version, reason)
+    else:
+        decision = dataclasses.replace(decision, promote=promote, reason=reason)
+        gate_tags = {"gate.champion_version": champion, "gate.decision": "promoted" if promote else "kept champion", "gate.reason": reason, "gate.table": json.dumps(decision.table)}
         for key, value in gate_tags.items():
             client.set_model_version_tag(name, version, key, value)
         summary["gate"] = {"champion_version": int(champion), **decision.as_dict()}
-        log.info("gate vs champion version %s: %s (%s)", champion, gate_tags["gate.decision"], decision.reason)
+        log.info("gate vs champion version %s: %s (%s)", champion, gate_tags["gate.decision"], reason)
     card = model_card.render(card_facts(params, summary, tags, metrics, scores[0], rows, scorer.meta["framework"]))
     client.update_model_version(name, version, description=card)
     write_text(card, params.paths.model_card)

@@ -28,10 +28,9 @@ def run(params: Params) -> dict[str, Any]:
 
     pre = Preprocessor.load(params.paths.preprocessor)
     experiment_id = tracking.configure(params)
-    loggable = {k: v for k, v in tracking.flatten(params.as_dict()).items() if not k.startswith("paths.")}
     train_path, valid_path = Path(params.paths.split("train")), Path(params.paths.split("valid"))
     with mlflow.start_run(experiment_id=experiment_id) as active, atomic_dir(params.paths.model_dir) as model_dir:
-        mlflow.log_params(loggable)
+        mlflow.log_params(tracking.run_params(params))
         name = run_name(train_path, valid_path, params.train, Path(params.paths.preprocessor))
         mlflow.set_tags({**lineage_tags(".", params.paths.raw), "framework": params.train.framework, "task": pre.task, "ray_run": name})
         job = TrainJob(

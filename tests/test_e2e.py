@@ -36,6 +36,7 @@ def test_flow_run_registers_a_model_that_beats_the_floor(first_run):
     registration = json.loads((project / "reports/registration.json").read_text())
     assert metrics["auc"] >= 0.64, metrics
     assert registration["version"] == 1 and set(registration["aliases"]) == {"champion", "challenger"}
+    assert registration["first"]["promoted"], registration
     assert "holdout metrics" in output and "mlflow ui" in output and "Data Docs" in output
     assert (project / "reports/data_docs/index.html").exists()
     for name in ("roc.csv", "confusion.csv", "calibration.csv"):
@@ -84,6 +85,10 @@ def test_champion_loads_and_predicts_on_raw_rows(first_run):
     assert tags["data_md5"] == lock_hashes(project)["data/raw.parquet"]
     assert tags["prefect_flow_run_id"] != "none" and len(tags["git_commit"]) >= 40
     assert json.loads(tags["params"])["register"]["model_name"] == "nycflights-delay"
+    # The first champion passed the canary too: a real `d2m serve` answered like in-process predict.
+    [event] = [json.loads(v) for k, v in tags.items() if k.startswith("audit.")]
+    assert event["action"] == "first" and event["status"] == "done" and event["previous_champion"] is None
+    assert event["canary"]["passed"] and event["canary"]["max_abs_diff"] <= 1e-6 and event["canary"]["rows"] > 0
 
 
 def test_changing_one_param_reruns_only_dependent_stages(first_run):

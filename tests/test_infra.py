@@ -43,3 +43,26 @@ def test_k8s_deployment_probes_and_service_target_the_served_port():
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     env = json.dumps(container.get("env", []))
     assert "SECRET" not in env.upper() and "PASSWORD" not in env.upper()  # credentials come from a Secret
+
+
+def test_the_served_inference_log_is_writable_and_reaches_the_monitoring_flow():
+    """The server runs as a non-root user: its log folder must be its own, and on compose and
+    Kubernetes a volume the monitoring flow reads as well (its working directory's serve.log.folder)."""
+    from data2model.params import load_params
+
+    folder = load_params(INFRA.parent).serve.log.folder
+    dockerfile = (INFRA / "serving/Dockerfile").read_text()
+    user = re.search(r"^USER (\d+)", dockerfile, re.M).group(1)
+    assert re.search(rf"mkdir -p /app/{folder} && chown -R {user} /app/", dockerfile)
+    deployment, _ = yaml.safe_load_all((INFRA / "k8s/model-server.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    (mount,) = pod["containers"][0]["volumeMounts"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    claim = yaml.safe_load((INFRA / "k8s/workspace.yaml").read_text())
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert deployment["metadata"]["namespace"] == claim["metadata"]["namespace"]
+    assert mount == {"name": mount["name"], "mountPath": f"/app/{folder}", "subPath": folder}
+    assert pod["securityContext"]["fsGroup"] == int(user)
+    compose = yaml.safe_load((INFRA / "compose.yaml").read_text())["services"]
+    assert f"../{folder}:/app/{folder}" in compose["model-server"]["volumes"]
+    assert "..:/workspace" in compose["prefect-worker"]["volumes"] and compose["prefect-worker"]["working_dir"] == "/workspace"

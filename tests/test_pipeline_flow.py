@@ -68,7 +68,9 @@ def test_mlflow_links_point_at_the_run_and_the_version():
 
 
 def test_promotion_markdown_for_a_first_version_and_a_gate():
-    assert "Version 1: champion" in promotion_markdown({"version": 1, "aliases": ["champion", "challenger"]})
+    assert "Version 1: champion" in promotion_markdown({"version": 1, "aliases": ["challenger", "champion"]})
+    blocked = {"version": 1, "aliases": ["challenger"], "first": {"promoted": False, "reason": "the first version; but canary failed: version 1 does not load"}}
+    assert "Version 1: not promoted (the first version; but canary failed: version 1 does not load)" in promotion_markdown(blocked)
     gate = {"champion_version": 1, "promote": False, "reason": "auc dropped", "metric": "auc", "table": [{"scope": "all", "rows": 10, "champion": 0.7, "challenger": 0.6, "change": -0.1}]}
     text = promotion_markdown({"version": 2, "aliases": ["challenger"], "gate": gate})
     assert "not promoted" in text and "auc dropped" in text and "| all | 10 | 0.7000 | 0.6000 | -0.1000 |" in text

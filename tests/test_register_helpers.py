@@ -14,7 +14,7 @@ import pytest
 from data2model.errors import D2MError
 from data2model.preprocess import Preprocessor
 from data2model.served_model import predictions_frame
-from tasks.register import check_round_trip, choose_aliases, input_example, input_schema, requirements
+from tasks.register import check_round_trip, input_example, input_schema, requirements
 
 UTC = dt.timezone.utc
 
@@ -37,14 +37,6 @@ def _raw() -> pa.Table:
 
 def _pre(task: str, classes: list[str], label_rule: str | None = None) -> Preprocessor:
     return Preprocessor(task=task, target="t", label_rule=label_rule, classes=classes, input_columns={}, numeric={}, categorical={})
-
-
-# --- aliases --------------------------------------------------------------------------------
-
-
-def test_first_model_becomes_champion_later_ones_only_challenger():
-    assert choose_aliases(has_champion=False) == ["challenger", "champion"]
-    assert choose_aliases(has_champion=True) == ["challenger"]
 
 
 # --- signature and example ------------------------------------------------------------------

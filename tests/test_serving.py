@@ -4,12 +4,15 @@ the alias swap under load with no failed request, batch scoring, and the model c
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +62,11 @@ def call(port: int, path: str, body: bytes | None = None, content_type: str | No
         return err.code, err.headers, doc
 
 
-@pytest.fixture
-def server(served_project):
+@contextlib.contextmanager
+def running_server(project: Path) -> Iterator[int]:
+    """The real `d2m serve` of `project` on a free loopback port, following champion every second."""
     port = free_port()
-    proc = subprocess.Popen(["d2m", "serve", "--port", str(port), "--poll-seconds", "1"], cwd=served_project, env=isolated_env(served_project),
+    proc = subprocess.Popen(["d2m", "serve", "--port", str(port), "--poll-seconds", "1"], cwd=project, env=isolated_env(project),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -76,9 +80,17 @@ def server(served_project):
     else:
         proc.kill()
         raise AssertionError("d2m serve did not answer /ping within 120 s")
-    yield port
-    proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def server(served_project):
+    with running_server(served_project) as port:
+        yield port
 
 
 def registry(project: Path):
@@ -288,16 +300,20 @@ def monitoring_runs(prefect: str) -> list[dict]:
     return prefect_api(prefect, "POST", "/flow_runs/filter", {"flow_runs": {"tags": {"all_": ["monitoring"]}}})
 
 
-def test_later_period_traffic_triggers_exactly_one_retraining_and_in_distribution_traffic_none(served_project, server):
+def test_later_period_traffic_triggers_exactly_one_retraining_and_in_distribution_traffic_none(served_project, server, tmp_path):
+    """Replays through the real server, `d2m monitor` against a real Prefect server and the
+    MLflow server `d2m up` started: in-distribution traffic triggers nothing, a later period
+    exactly one retraining, and a labels file gives live metrics on the default key. Every
+    report is an MLflow run with its plots, and a Prefect artifact that shows them."""
     import pyarrow.compute as pc
 
-    prefect_port = free_port()
-    prefect = f"http://127.0.0.1:{prefect_port}"
-    sh(["d2m", "up", "--prefect-port", str(prefect_port), "--mlflow-port", str(free_port())], served_project, timeout=300)
-    env = isolated_env(served_project) | {"PREFECT_API_URL": f"{prefect}/api"}
+    prefect_port, mlflow_port = free_port(), free_port()
+    prefect, mlflow_ui = f"http://127.0.0.1:{prefect_port}", f"http://127.0.0.1:{mlflow_port}"
+    sh(["d2m", "up", "--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port)], served_project, timeout=300)
+    env = isolated_env(served_project) | {"PREFECT_API_URL": f"{prefect}/api", "D2M_MLFLOW_URL": mlflow_ui}
 
-    def monitor() -> str:
-        proc = subprocess.run(["d2m", "monitor"], cwd=served_project, env=env, capture_output=True, text=True, timeout=600)
+    def monitor(*args: str) -> str:
+        proc = subprocess.run(["d2m", "monitor", *args], cwd=served_project, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc.stdout
 
@@ -317,15 +333,83 @@ def test_later_period_traffic_triggers_exactly_one_retraining_and_in_distributio
         replay(server, served_project, late)  # the episode goes on: no second retraining
         again = monitor()
         assert ": breach (in cool-down" in again and "started the pipeline deployment" not in again, again
+        labels = tmp_path / "labels.parquet"  # ground truth arrives for the replayed rows, keyed on carrier, flight, time_hour
+        pq.write_table(late.select(["carrier", "flight", "time_hour", "arr_delay"]), labels)
+        monitor("--labels", str(labels), "--no-trigger")
         deadline = time.time() + 600
         while (runs := monitoring_runs(prefect)) and runs[0]["state_type"] not in ("COMPLETED", "FAILED", "CRASHED"):
             assert time.time() < deadline, runs[0]["state_type"]
             time.sleep(2)
         assert len(runs) == 1 and runs[0]["state_type"] == "COMPLETED", runs
         reports = sorted((served_project / "logs/monitoring").glob("*/report.json"))
-        assert len(reports) == 3 and all((r.parent / "feature_psi.png").stat().st_size > 10_000 for r in reports)
+        assert len(reports) == 4 and all((r.parent / "feature_psi.png").stat().st_size > 10_000 for r in reports)
+        live = json.loads(reports[-1].read_text())["live"]
+        assert live["metric"] == "auc" and live["rows"] >= 0.9 * late.num_rows and 0.5 < live["value"] <= 1.0, live
+        client = registry(served_project)
+        experiment = client.get_experiment_by_name("data2model-monitoring")
+        mlflow_runs = client.search_runs([experiment.experiment_id])
+        assert len(mlflow_runs) == 4 and all("feature_psi.png" in [a.path for a in client.list_artifacts(r.info.run_id)] for r in mlflow_runs)
+        artifacts = prefect_api(prefect, "POST", "/artifacts/filter", {"artifacts": {"key": {"any_": ["data2model-monitoring"]}}, "sort": "CREATED_DESC"})
+        assert len(artifacts) == 4 and "Live auc" in artifacts[0]["data"], artifacts[0]["data"]
+        image = re.search(r"!\[feature_psi\]\((\S+)\)", artifacts[0]["data"]).group(1)
+        assert image.startswith(mlflow_ui)
+        with urllib.request.urlopen(image, timeout=30) as response:
+            assert response.read(8) == b"\x89PNG\r\n\x1a\n"
     finally:
         sh(["d2m", "down"], served_project, check=False)
+
+
+def test_a_log_that_cannot_be_written_never_fails_a_request(served_project):
+    from data2model.params import write_overrides
+
+    params = served_project / "params.yaml"
+    original = params.read_text()
+    (served_project / "logs").mkdir(exist_ok=True)
+    (served_project / "logs/blocked").write_text("a file where the inference log's folder should be")
+    write_overrides({"serve.log.folder": "logs/blocked"}, served_project)
+    try:
+        with running_server(served_project) as port:
+            rows = request_rows(served_project, 20)
+            statuses = [call(port, "/invocations", records([row]))[0] for row in rows] + [call(port, "/invocations", records(rows))[0]]
+            deadline = time.time() + 30
+            while (logged := call(port, "/version")[2]["inference_log"])["failed_rows"] < 2 * len(rows):
+                assert time.time() < deadline, logged
+                time.sleep(0.3)
+            assert statuses == [200] * (len(rows) + 1), statuses
+            assert logged["logged_rows"] == 0 and logged["errors"], logged
+            assert call(port, "/ping")[0] == 200
+    finally:
+        params.write_text(original)
+
+
+def registered(project: Path) -> tuple[dict, dict[str, str]]:
+    """The latest registration.json and its version's tags."""
+    registration = json.loads((project / "reports/registration.json").read_text())
+    return registration, registry(project).get_model_version(MODEL, str(registration["version"])).tags
+
+
+def test_the_gate_keeps_the_champion_against_a_worse_challenger_and_a_failed_canary(served_project):
+    """Through the register stage with real models: the decision, reason and side-by-side table
+    land in the version's tags and registration.json; a worse challenger is not promoted, and an
+    equal one whose canary misses the latency bound is not either."""
+    client = registry(served_project)
+    champion = client.get_model_version_by_alias(MODEL, "champion").version
+    sh(["d2m", "run", "--set", "train.xgboost.max_depth=1", "--set", "train.xgboost.num_boost_round=3"], served_project)
+    worse, tags = registered(served_project)
+    assert worse["aliases"] == ["challenger"] and worse["gate"]["promote"] is False, worse
+    assert tags["gate.decision"] == "kept champion" and tags["gate.champion_version"] == str(champion)
+    assert tags["gate.reason"] == worse["gate"]["reason"] and "auc" in tags["gate.reason"]
+    table = json.loads(tags["gate.table"])
+    assert table == worse["gate"]["table"] and table[0]["challenger"] < table[0]["champion"]
+    assert client.get_model_version_by_alias(MODEL, "champion").version == champion
+    # Back to the champion's settings (train reruns, the same model), with a latency bound no server meets.
+    sh(["d2m", "run", "--set", "register.canary.max_p50_ms=0.001"], served_project)
+    equal, tags = registered(served_project)
+    assert tags["gate.decision"] == "kept champion" and equal["gate"]["promote"] is False, equal
+    assert "canary failed" in tags["gate.reason"] and "median single-row latency" in tags["gate.reason"], tags["gate.reason"]
+    audit = [json.loads(v) for k, v in sorted(tags.items()) if k.startswith("audit.")]
+    assert audit[-1]["status"] == "blocked" and audit[-1]["action"] == "gate"
+    assert client.get_model_version_by_alias(MODEL, "champion").version == champion
 
 
 def test_serve_without_a_champion_exits_1_with_a_clear_message(tmp_path):

@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+import mlflow
 import pyarrow.csv as pacsv
 import pytest
 
@@ -155,6 +156,13 @@ def test_a_run_with_overrides_registers_them_and_leaves_params_yaml(stack):
     used = json.loads(tags["params"])["train"]["xgboost"]
     assert (used["max_depth"], used["eta"], used["num_boost_round"]) == (3, 0.2, 30)
     assert tags["prefect_flow_run_id"] == run_id
+    client = mlflow.MlflowClient(stack.mlflow)  # the MLflow side shows the values used: the run and the version's logged model
+    logged = client.get_logged_model(client.get_model_version("ui-small", str(reg["version"])).model_id).params
+    run_params = client.get_run(reg["run_id"]).data.params
+    for key, value in {"train.xgboost.max_depth": "3", "train.xgboost.eta": "0.2", "train.xgboost.num_boost_round": "30"}.items():
+        assert logged[key] == run_params[key] == value, key
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    (SCREENSHOTS / "ui_timings.json").write_text(json.dumps({"d2m_up_s": round(stack.up_seconds, 1), "trigger_to_start_s": round(trigger_to_start, 1)}) + "\n")
     refs = [r for r in sh(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], stack.project).stdout.split() if "/exec/" not in r]
     assert len(refs) == 1 and refs[0].endswith(run_id[:8]), refs
     assert "max_depth: 3" in sh(["git", "show", f"{refs[0]}:params.yaml"], stack.project).stdout
@@ -220,6 +228,24 @@ def test_prefect_yaml_deploys_the_pipeline_to_a_process_pool(stack):
     assert pooled["work_pool_name"] == "local-process" and pooled["entrypoint"] == "flows/pipeline.py:pipeline"
     assert pooled["concurrency_limit"] == 1 or pooled["global_concurrency_limit"]["limit"] == 1
     assert pooled["parameters"] == {}  # the flow reads params.yaml in the worker's checkout
+
+
+def test_a_failed_data_gate_ends_the_run_failed_with_the_gate_summary(stack):
+    """A run whose declared rule the data breaks: Failed in Prefect, the message names the column
+    and the Data Docs, no new version, and params.yaml as committed. Last before `down`: the
+    failed run leaves validate to rerun."""
+    version = registration(stack)["version"]
+    params = copy.deepcopy(deployment(stack)["parameters"]["params"])
+    params["validate"]["ranges"]["distance"] = [1, 100]
+    run_id = trigger(stack, params)
+    run = final(wait_all(stack, [run_id])[run_id])
+    assert run["state_type"] == "FAILED", run["state"]
+    message = run["state"]["message"]
+    assert "distance" in message and "Data Docs" in message, message
+    assert registration(stack)["version"] == version
+    assert (stack.project / "params.yaml").read_text() == committed_params(stack.project)
+    artifacts = {a["key"] for a in api(stack, "POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})}
+    assert "data2model-run" in artifacts, artifacts
 
 
 def test_down_stops_what_up_started(stack):
