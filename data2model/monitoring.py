@@ -66,7 +66,10 @@ def join_labels(served: pa.Table, labels: pa.Table, key: list[str]) -> pa.Table:
     def keyed(table: pa.Table) -> pa.Table:
         for k in key:
             column = table[k]
-            column = as_utc_naive(column, k) if pa.types.is_timestamp(column.type) or k in _timestamp_keys(served) else column.cast(pa.string())
+            if pa.types.is_timestamp(column.type) or k in _timestamp_keys(served):  # one unit on both sides: a join needs equal types
+                column = as_utc_naive(column, k).cast(pa.timestamp("us"), safe=False)
+            else:
+                column = column.cast(pa.string())
             table = table.set_column(table.column_names.index(k), k, column)
         return table
 

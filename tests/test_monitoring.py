@@ -89,6 +89,16 @@ def test_live_metrics_join_labels_on_the_key_and_measure_the_drop():
     assert any("live auc" in r for r in result.reasons)
 
 
+def test_a_timestamp_key_joins_across_units_and_zones():
+    """The inference log keeps time_hour as zone-naive microseconds; a labels file has its own
+    unit and often a zone (the raw data's time_hour is UTC milliseconds)."""
+    hours = [datetime(2013, 11, 2, h, tzinfo=timezone.utc) for h in range(4)]
+    logged = pa.table({"flight": [1, 2, 3, 4], "time_hour": pa.array([h.replace(tzinfo=None) for h in hours], pa.timestamp("us")), "pred_probability": [0.1, 0.2, 0.3, 0.4]})
+    labels = pa.table({"flight": [1, 2, 3, 9], "time_hour": pa.array(hours, pa.timestamp("ms", tz="UTC")), "arr_delay": [5.0, 20.0, 40.0, 0.0]})
+    joined = join_labels(logged, labels, ["flight", "time_hour"])
+    assert dict(zip(joined["flight"].to_pylist(), joined["arr_delay"].to_pylist())) == {"1": 5.0, "2": 20.0, "3": 40.0}
+
+
 def test_a_key_the_log_lacks_is_a_clear_error():
     with pytest.raises(DataError, match="monitor.key"):
         join_labels(served(flights(10)), pa.table({"tailnum": ["N1"]}), ["tailnum"])
