@@ -173,7 +173,6 @@ def run(params: Params) -> dict[str, Any]:
             pip_requirements=requirements(scorer.meta["framework"]),
             signature=ModelSignature(inputs=input_schema(raw), outputs=_infer_schema(expected)),
             input_example=example,
-            params=tracking.run_params(params),  # this version's exact values (the run's are train's; a later stage's override shows here)
         )
         challenger = mlflow.pyfunc.load_model(info.model_uri)
         check_round_trip(expected, challenger.predict(example))

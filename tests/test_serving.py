@@ -266,6 +266,18 @@ def test_batch_score_refuses_a_file_without_a_required_column_and_writes_nothing
     assert not out.exists() and not list(tmp_path.glob(".never*"))
 
 
+def test_an_override_after_training_shows_in_the_version_not_the_reused_run(served_project):
+    """Version 2 came from `--set evaluate.threshold=0.3`: train did not rerun, so the version
+    shares version 1's MLflow run, whose params are the training values; the version's own
+    `params` tag holds the exact values it was registered with."""
+    client = registry(served_project)
+    first, second = (client.get_model_version(MODEL, v) for v in ("1", "2"))
+    assert first.run_id == second.run_id
+    assert json.loads(second.tags["params"])["evaluate"]["threshold"] == 0.3
+    assert json.loads(first.tags["params"])["evaluate"]["threshold"] == "max_f1"
+    assert client.get_run(second.run_id).data.params["evaluate.threshold"] == "max_f1"
+
+
 def test_model_card_is_the_version_description_with_lineage_and_row_counts(served_project):
     client = registry(served_project)
     registration = json.loads((served_project / "reports/registration.json").read_text())

@@ -156,11 +156,9 @@ def test_a_run_with_overrides_registers_them_and_leaves_params_yaml(stack):
     used = json.loads(tags["params"])["train"]["xgboost"]
     assert (used["max_depth"], used["eta"], used["num_boost_round"]) == (3, 0.2, 30)
     assert tags["prefect_flow_run_id"] == run_id
-    client = mlflow.MlflowClient(stack.mlflow)  # the MLflow side shows the values used: the run and the version's logged model
-    logged = client.get_logged_model(client.get_model_version("ui-small", str(reg["version"])).model_id).params
-    run_params = client.get_run(reg["run_id"]).data.params
+    run_params = mlflow.MlflowClient(stack.mlflow).get_run(reg["run_id"]).data.params  # the training run shows them too
     for key, value in {"train.xgboost.max_depth": "3", "train.xgboost.eta": "0.2", "train.xgboost.num_boost_round": "30"}.items():
-        assert logged[key] == run_params[key] == value, key
+        assert run_params[key] == value, key
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     (SCREENSHOTS / "ui_timings.json").write_text(json.dumps({"d2m_up_s": round(stack.up_seconds, 1), "trigger_to_start_s": round(trigger_to_start, 1)}) + "\n")
     refs = [r for r in sh(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], stack.project).stdout.split() if "/exec/" not in r]
