@@ -96,11 +96,12 @@ def column_psi(column: pa.ChunkedArray, spec: dict[str, Any]) -> float | None:
 
 
 class DriftCounts:
-    """Bin and value counts per profiled column, added batch by batch: PSI over every row in
-    memory of one batch plus the counts (10 bins per numeric column, the profiled values per
-    string column)."""
+    """Bin and value counts per profiled column, added batch by batch: PSI over every row while
+    holding one batch plus the counts (one per bin of a numeric column, one per profiled value of
+    a string column)."""
 
     def __init__(self, contract: dict[str, Any], schema: pa.Schema) -> None:
+        self.contract = contract
         self.numeric: dict[str, np.ndarray] = {}
         self.categories: dict[str, dict[str, int]] = {}
         self.totals: dict[str, int] = {}
@@ -110,7 +111,6 @@ class DriftCounts:
                 self.numeric[name] = np.zeros(len(spec["bin_edges"]) + 1, dtype=np.int64)
             elif "value_shares" in spec and (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
                 self.categories[name], self.totals[name] = {}, 0
-        self.contract = contract
 
     def add(self, batch: pa.RecordBatch | pa.Table) -> None:
         for name, counts in self.numeric.items():

@@ -67,11 +67,13 @@ def write_batches(batches: Iterable[pa.RecordBatch | pa.Table], path: str | Path
 
 
 def parquet_file(path: str | Path) -> pq.ParquetFile:
-    """An open Parquet file to stream record batches from."""
+    """An open Parquet file to stream record batches from. Without pre-buffering: with it (the
+    default), iter_batches keeps every column chunk it has read, so memory grows with the file
+    (measured: 613 MB held after streaming 10M rows, 3 MB without)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path} does not exist: run the stage that writes it first (dvc repro)")
-    return pq.ParquetFile(path)
+    return pq.ParquetFile(path, pre_buffer=False)
 
 
 def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
