@@ -7,6 +7,10 @@ Per-column PSI against the profiled reference blocks above `validate.drift_thres
 `on_row_failure: quarantine`, rows breaking a row-level rule go to paths.quarantine with their
 reason and the rest continue. What passes is written to paths.validated, which features reads;
 the Data Docs site under paths.data_docs shows every run.
+
+paths.raw is read one record batch (`data.batch_rows`) at a time: exact counts over every row
+in pyarrow, great-expectations on a seeded sample of at most `validate.gx_sample_rows` rows (the
+whole table below it), so memory is bounded by the batch and the sample, not by the input.
 """
 
 from __future__ import annotations
