@@ -72,28 +72,69 @@ def psi(reference: list[float], observed: list[float]) -> float:
     return round(total, 6)
 
 
+def numeric_psi(spec: dict[str, Any], counts: np.ndarray) -> float | None:
+    """PSI of per-bin counts (over `spec["bin_edges"]`) against the profiled bin shares."""
+    return psi(spec["bin_shares"], _shares(counts)) if counts.sum() else None
+
+
+def category_psi(spec: dict[str, Any], counts: dict[str, int], total: int) -> float | None:
+    """PSI of value counts (`total` non-null values, `counts` for the profiled values) against
+    the profiled value shares; unprofiled values share the `__other__` bucket."""
+    if not total:
+        return None
+    known = spec["value_shares"]
+    seen = {v: counts.get(v, 0) / total for v in known if v != OTHER}
+    seen[OTHER] = 1 - sum(seen.values())
+    return psi([known.get(v, 0.0) for v in seen], list(seen.values()))
+
+
 def column_psi(column: pa.ChunkedArray, spec: dict[str, Any]) -> float | None:
     """PSI of `column` against its profiled reference; None when there is nothing to compare."""
-    if "bin_edges" in spec and (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
-        values = _numbers(column)
-        return psi(spec["bin_shares"], _shares(bin_counts(values, spec["bin_edges"]))) if len(values) else None
-    if "value_shares" in spec and (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        counts = _value_counts(column)
-        total = sum(counts.values())
-        if not total:
-            return None
-        known = spec["value_shares"]
-        seen = {v: counts.get(v, 0) / total for v in known if v != OTHER}
-        seen[OTHER] = 1 - sum(seen.values())
-        return psi([known.get(v, 0.0) for v in seen], list(seen.values()))
-    return None
+    counts = DriftCounts({"columns": {"x": spec}}, pa.schema([("x", column.type)]))
+    counts.add(pa.table({"x": column}))
+    return counts.psi().get("x")
+
+
+class DriftCounts:
+    """Bin and value counts per profiled column, added batch by batch: PSI over every row while
+    holding one batch plus the counts (one per bin of a numeric column, one per profiled value of
+    a string column)."""
+
+    def __init__(self, contract: dict[str, Any], schema: pa.Schema) -> None:
+        self.contract = contract
+        self.numeric: dict[str, np.ndarray] = {}
+        self.categories: dict[str, dict[str, int]] = {}
+        self.totals: dict[str, int] = {}
+        for name in sorted(set(contract["columns"]) & set(schema.names)):
+            spec, kind = contract["columns"][name], schema.field(name).type
+            if "bin_edges" in spec and (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+                self.numeric[name] = np.zeros(len(spec["bin_edges"]) + 1, dtype=np.int64)
+            elif "value_shares" in spec and (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+                self.categories[name], self.totals[name] = {}, 0
+
+    def add(self, batch: pa.RecordBatch | pa.Table) -> None:
+        for name, counts in self.numeric.items():
+            counts += bin_counts(_numbers(batch.column(name)), self.contract["columns"][name]["bin_edges"])
+        for name, counts in self.categories.items():
+            profiled = self.contract["columns"][name]["value_shares"]
+            for value, n in _value_counts(batch.column(name)).items():
+                self.totals[name] += n
+                if value in profiled:
+                    counts[value] = counts.get(value, 0) + n
+
+    def psi(self) -> dict[str, float]:
+        """PSI per profiled column, in column-name order; columns with no values are left out."""
+        out = {}
+        for name in sorted([*self.numeric, *self.categories]):
+            spec = self.contract["columns"][name]
+            value = numeric_psi(spec, self.numeric[name]) if name in self.numeric else category_psi(spec, self.categories[name], self.totals[name])
+            if value is not None:
+                out[name] = value
+        return out
 
 
 def drift(table: pa.Table, contract: dict[str, Any]) -> dict[str, float]:
     """PSI per profiled column the batch has, in column-name order."""
-    out = {}
-    for name in sorted(set(contract["columns"]) & set(table.column_names)):
-        value = column_psi(table[name], contract["columns"][name])
-        if value is not None:
-            out[name] = value
-    return out
+    counts = DriftCounts(contract, table.schema)
+    counts.add(table)
+    return counts.psi()

@@ -19,7 +19,7 @@ from data2model.contract import RowRule
 REASON = "reason"
 
 
-def _applies(rule: RowRule, column_type: pa.DataType) -> bool:
+def applies(rule: RowRule, column_type: pa.DataType) -> bool:
     if rule.check == "nulls":
         return True
     if rule.check == "range":
@@ -52,7 +52,7 @@ def row_failures(table: pa.Table, rules: list[RowRule]) -> list[tuple[RowRule, n
     """Each applicable rule that some row breaks, with its mask, in rule order."""
     out = []
     for rule in rules:
-        if rule.column in table.column_names and _applies(rule, table[rule.column].type):
+        if rule.column in table.column_names and applies(rule, table[rule.column].type):
             mask = rule_mask(table[rule.column], rule)
             if mask.any():
                 out.append((rule, mask))

@@ -7,6 +7,10 @@ Per-column PSI against the profiled reference blocks above `validate.drift_thres
 `on_row_failure: quarantine`, rows breaking a row-level rule go to paths.quarantine with their
 reason and the rest continue. What passes is written to paths.validated, which features reads;
 the Data Docs site under paths.data_docs shows every run.
+
+paths.raw is read one record batch (`data.batch_rows`) at a time: exact counts over every row
+in pyarrow, great-expectations on a seeded sample of at most `validate.gx_sample_rows` rows (the
+whole table below it), so memory is bounded by the batch and the sample, not by the input.
 """
 
 from __future__ import annotations
@@ -21,13 +25,13 @@ import numpy as np
 import pyarrow as pa
 
 from data2model.contract import describe_failure, expectations, failure_summary, profile, row_rules, to_pandas
-from data2model.drift import drift
+from data2model.drift import DriftCounts
 from data2model.errors import DataError, ValidationFailed
+from data2model.exact import ExactCounts
 from data2model.params import Data, Params, Validate
-from data2model.preprocess import LABEL, derive_label
 from data2model.quarantine import no_rows, split_rows
 from data2model.stage import main
-from data2model.tables import read_json, read_table, write_json, write_table
+from data2model.tables import parquet_file, parquet_writer, read_json, read_table, write_json
 
 log = logging.getLogger("data2model.validate")
 
@@ -38,7 +42,8 @@ SITE = "data2model"
 class ValidationReport:
     """The outcome of one validation; `as_dict` is deterministic because DVC hashes it.
 
-    `failed` holds the checks that block (severity error), `warnings` those only reported.
+    `failed` holds the checks that block (severity error), `warnings` those only reported;
+    `rows` were checked exactly, `gx_rows` of them (a sample, or all) by great-expectations.
     """
 
     success: bool
@@ -49,6 +54,7 @@ class ValidationReport:
     drift: dict[str, float]
     data_docs: str
     quarantine: dict[str, Any] | None = None
+    gx_rows: int = 0
     page: str | None = field(default=None, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
@@ -61,6 +67,7 @@ class ValidationReport:
             "drift": self.drift,
             "quarantine": self.quarantine,
             "data_docs": self.data_docs,
+            "gx_rows": self.gx_rows,
         }
 
     def summary(self) -> str:
@@ -90,15 +97,15 @@ def _context(data_docs_dir: Path) -> Any:
     return gx.get_context(mode="ephemeral", project_config=config)
 
 
-def validate_table(table: pa.Table, contract: dict[str, Any], declared: Validate, target: str, data_docs_dir: str | Path) -> ValidationReport:
-    """Check `table` against the contract and declared rules; build the Data Docs page of the run."""
+SAMPLE_SEED = 0  # the great-expectations sample is the same rows for the same input
+
+
+def _great_expectations(table: pa.Table, contract: dict[str, Any], declared: Validate, target: str, data_docs_dir: Path) -> tuple[list[Any], int, str | None]:
+    """Run the suite on `table` and build its Data Docs page: (results in suite order, expectations
+    evaluated, the page's URL)."""
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
 
-    duplicated = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
-    if duplicated:
-        raise DataError(f"columns {duplicated} appear more than once: give every column its own name")
-    data_docs_dir = Path(data_docs_dir)
     context = _context(data_docs_dir)
     batch = context.data_sources.add_pandas("raw").add_dataframe_asset("table").add_batch_definition_whole_dataframe("whole")
     suite = context.suites.add(gx.ExpectationSuite(name="contract", expectations=expectations(contract, declared, target, table.column_names)))
@@ -114,27 +121,99 @@ def validate_table(table: pa.Table, contract: dict[str, Any], declared: Validate
     outcome = checkpoint.run(batch_parameters={"dataframe": to_pandas(table)})
     [(key, result)] = outcome.run_results.items()
     position = {e.id: i for i, e in enumerate(suite.expectations)}
-    checks = [
-        describe_failure(r.expectation_config.type, r.expectation_config.kwargs, r.result, r.exception_info)
-        for r in sorted(result.results, key=lambda r: position[r.expectation_config.id])
-        if not r.success
-    ]
-    psi = drift(table, contract)
-    checks += [drift_failure(column, value, declared.drift_threshold) for column, value in psi.items() if value > declared.drift_threshold]
-    for check in checks:
-        check["severity"] = declared.severity_of(check["check"], check["column"])
-    failed = [c for c in checks if c["severity"] == "error"]
     pages = context.get_docs_sites_urls(resource_identifier=key, site_names=[SITE])
-    return ValidationReport(
-        success=not failed,
-        rows=table.num_rows,
-        evaluated_expectations=result.statistics["evaluated_expectations"],
-        failed=failed,
-        warnings=[c for c in checks if c["severity"] == "warn"],
-        drift=psi,
-        data_docs=str(data_docs_dir / "index.html"),
-        page=pages[0]["site_url"] if pages else None,
-    )
+    ordered = sorted(result.results, key=lambda r: position[r.expectation_config.id])
+    return ordered, result.statistics["evaluated_expectations"], pages[0]["site_url"] if pages else None
+
+
+class Gate:
+    """One validation, streamed: `split` each record batch (rows that continue, rows set aside),
+    then `report`. Exact checks count over every row that continues (`ExactCounts`, `DriftCounts`);
+    great-expectations checks a seeded uniform sample of at most `validate.gx_sample_rows` of them
+    (all of them below it) and builds the Data Docs. Where the two disagree, the exact count wins.
+    Memory: one batch, the counters and the sample."""
+
+    def __init__(self, contract: dict[str, Any], declared: Validate, data: Data, schema: pa.Schema, total_rows: int) -> None:
+        duplicated = sorted({c for c in schema.names if schema.names.count(c) > 1})
+        if duplicated:
+            raise DataError(f"columns {duplicated} appear more than once: give every column its own name")
+        self.contract, self.declared, self.data, self.schema = contract, declared, data, schema
+        rules = row_rules(contract, declared, data.target, schema.names)
+        self.split_rules = [r for r in rules if declared.severity_of(r.check, r.column) == "error"] if declared.on_row_failure == "quarantine" else []
+        self.exact = ExactCounts(rules, schema, declared, data)
+        self.drift = DriftCounts(contract, schema)
+        self.keep = min(1.0, declared.gx_sample_rows / max(total_rows, 1))
+        self.rng = np.random.default_rng(SAMPLE_SEED)
+        self.sample: list[pa.Table] = []
+        self.rows = self.quarantined = 0
+        self.reasons: dict[str, int] = {}
+
+    def split(self, batch: pa.RecordBatch | pa.Table) -> tuple[pa.Table, pa.Table]:
+        """(rows that continue, rows set aside with their reason) of one batch; counts both."""
+        table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+        clean, quarantined, reasons = split_rows(table, self.split_rules) if self.split_rules else (table, no_rows(table), {})
+        self.rows += table.num_rows
+        self.quarantined += quarantined.num_rows
+        for reason, n in reasons.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + n
+        self.exact.add(clean)
+        self.drift.add(clean)
+        self.sample.append(clean if self.keep == 1.0 else clean.filter(pa.array(self.rng.random(clean.num_rows) < self.keep)))
+        return clean, quarantined
+
+    def report(self, data_docs_dir: str | Path) -> ValidationReport:
+        """The report over every row split so far; great-expectations runs here, on the sample."""
+        data_docs_dir = Path(data_docs_dir)
+        sample = pa.concat_tables(self.sample) if self.sample else self.schema.empty_table()
+        self.sample = []
+        results, evaluated, page = _great_expectations(sample, self.contract, self.declared, self.data.target, data_docs_dir)
+        checks = [c for r in results if (c := self._failure(r, sample.num_rows)) is not None]
+        psi = self.drift.psi()
+        threshold = self.declared.drift_threshold
+        checks += [drift_failure(column, value, threshold) for column, value in psi.items() if value > threshold]
+        for check in checks:
+            check["severity"] = self.declared.severity_of(check["check"], check["column"])
+        failed = [c for c in checks if c["severity"] == "error"]
+        report = ValidationReport(
+            success=not failed, rows=self.exact.rows, evaluated_expectations=evaluated, failed=failed,
+            warnings=[c for c in checks if c["severity"] == "warn"], drift=psi, data_docs=str(data_docs_dir / "index.html"),
+            gx_rows=sample.num_rows, page=page,
+        )
+        if self.split_rules:
+            report = self._with_quarantine(report)
+        label = self.exact.label_check()
+        return with_check(report, label, self.declared) if label else report
+
+    def _failure(self, result: Any, sampled: int) -> dict[str, Any] | None:
+        """The failure of one expectation, or None: the exact count decides where there is one."""
+        kind, kwargs = result.expectation_config.type, result.expectation_config.kwargs
+        described = describe_failure(kind, kwargs, result.result, result.exception_info)
+        exact = self.exact.result(kind, kwargs, self.contract, self.declared)
+        if exact is None:
+            return None if result.success else described
+        success, counted = exact
+        if success:
+            return None
+        if not result.success and sampled == self.exact.rows:
+            return described  # the sample is every row: the same counts, and great-expectations' samples
+        failure = describe_failure(kind, kwargs, counted, None)
+        seen = "passed it" if result.success else f"counted {described['observed']}"
+        failure["message"] += f" (exact count over all {self.exact.rows} rows; great-expectations on a sample of {sampled} rows {seen})"
+        return failure
+
+    def _with_quarantine(self, report: ValidationReport) -> ValidationReport:
+        """Too many rows set aside blocks the batch."""
+        order = {r.reason(): i for i, r in enumerate(self.split_rules)}
+        reasons = {reason: self.reasons[reason] for reason in sorted(self.reasons, key=order.__getitem__)}
+        fraction = round(self.quarantined / self.rows, 6) if self.rows else 0.0
+        limit = self.declared.max_quarantine_fraction
+        summary = {"rows": self.quarantined, "fraction": fraction, "max_fraction": limit, "reasons": reasons}
+        failed = report.failed
+        if fraction > limit:
+            counts = "; ".join(f"{reason} ({n} rows)" for reason, n in reasons.items())
+            message = f"{self.quarantined} of {self.rows} rows ({100 * fraction:.2f}%) break row-level rules, more than the {100 * limit:g}% that may be quarantined: {counts}"
+            failed = [{"check": "quarantine", "expectation": "max_quarantine_fraction", "column": None, "observed": fraction, "sample_values": [], "message": message, "severity": "error"}, *failed]
+        return replace(report, success=not failed, failed=failed, quarantine=summary)
 
 
 def drift_failure(column: str, value: float, threshold: float) -> dict[str, Any]:
@@ -149,43 +228,19 @@ def drift_failure(column: str, value: float, threshold: float) -> dict[str, Any]
 
 
 def gate(table: pa.Table, contract: dict[str, Any], declared: Validate, target: str, data_docs_dir: str | Path) -> tuple[ValidationReport, pa.Table, pa.Table]:
-    """(report, rows that continue, quarantined rows). With `on_row_failure: quarantine`, rows that
-    break a blocking row-level rule are set aside and the rest is validated; too many set aside
-    blocks the batch."""
-    if declared.on_row_failure == "fail":
-        return validate_table(table, contract, declared, target, data_docs_dir), table, no_rows(table)
-    rules = [r for r in row_rules(contract, declared, target, table.column_names) if declared.severity_of(r.check, r.column) == "error"]
-    clean, quarantined, reasons = split_rows(table, rules)
-    report = validate_table(clean, contract, declared, target, data_docs_dir)
-    fraction = round(quarantined.num_rows / table.num_rows, 6) if table.num_rows else 0.0
-    limit = declared.max_quarantine_fraction
-    summary = {"rows": quarantined.num_rows, "fraction": fraction, "max_fraction": limit, "reasons": reasons}
-    failed = report.failed
-    if fraction > limit:
-        counts = "; ".join(f"{reason} ({n} rows)" for reason, n in reasons.items())
-        message = f"{quarantined.num_rows} of {table.num_rows} rows ({100 * fraction:.2f}%) break row-level rules, more than the {100 * limit:g}% that may be quarantined: {counts}"
-        failed = [{"check": "quarantine", "expectation": "max_quarantine_fraction", "column": None, "observed": fraction, "sample_values": [], "message": message, "severity": "error"}, *failed]
-    return replace(report, success=not failed, failed=failed, quarantine=summary), clean, quarantined
+    """(report, rows that continue, quarantined rows) of a table in memory. With
+    `on_row_failure: quarantine`, rows that break a blocking row-level rule are set aside and the
+    rest is validated; too many set aside blocks the batch."""
+    checker = Gate(contract, declared, Data(target=target, label_rule=None), table.schema, table.num_rows)
+    parts = [checker.split(batch) for batch in table.to_batches()]
+    clean = pa.concat_tables([table.slice(0, 0), *(c for c, _ in parts)])
+    quarantined = pa.concat_tables([no_rows(table), *(q for _, q in parts)])
+    return checker.report(data_docs_dir), clean, quarantined
 
 
-def label_check(table: pa.Table, data: Data) -> dict[str, Any] | None:
-    """With a label rule the target can vary while the label does not (every delay <= 15):
-    the derived label needs both classes too."""
-    if data.label_rule is None or data.target not in table.column_names:
-        return None
-    try:
-        labelled, _ = derive_label(table, data)
-    except DataError:  # an unusable target is already a failed check of the suite
-        return None
-    counts = np.bincount(labelled[LABEL].to_numpy(), minlength=2)
-    if counts.min() > 0:
-        return None
-    seen = "true" if counts[1] else "false"
-    return {
-        "check": "target_classes", "expectation": "label_rule_gives_both_classes", "column": data.target,
-        "observed": int(counts.max()), "sample_values": [],
-        "message": f"`{data.target} {data.label_rule}` is {seen} in all {int(counts.max())} labelled rows: a model needs both classes",
-    }
+def validate_table(table: pa.Table, contract: dict[str, Any], declared: Validate, target: str, data_docs_dir: str | Path) -> ValidationReport:
+    """Check `table` against the contract and declared rules, setting no rows aside."""
+    return gate(table, contract, declared.model_copy(update={"on_row_failure": "fail"}), target, data_docs_dir)[0]
 
 
 def with_check(report: ValidationReport, check: dict[str, Any], declared: Validate) -> ValidationReport:
@@ -195,11 +250,13 @@ def with_check(report: ValidationReport, check: dict[str, Any], declared: Valida
     return replace(report, success=False, failed=[*report.failed, check])
 
 
-def load_or_profile(table: pa.Table, path: str | Path) -> dict[str, Any]:
-    """The committed contract; the first run profiles `table` into it, never a later one."""
+def load_or_profile(raw: str | Path, path: str | Path) -> dict[str, Any]:
+    """The committed contract; the first run profiles the table at `raw` into it (in memory: the
+    deciles need every value), never a later one."""
     path = Path(path)
     if path.exists():
         return read_json(path)
+    table = read_table(raw)
     contract = profile(table)
     write_json(contract, path)
     log.warning("no contract at %s: profiled a new one from this data (%d rows, %d columns); review it and commit it", path, table.num_rows, table.num_columns)
@@ -212,27 +269,29 @@ def failed_report_path(validation: str | Path) -> Path:
 
 
 def run(params: Params) -> dict[str, Any]:
+    """Stream paths.raw a batch at a time; the outputs replace the accepted ones only if it passes."""
     paths = params.paths
-    table = read_table(paths.raw)
-    contract = load_or_profile(table, paths.contract)
+    source = parquet_file(paths.raw)
+    contract = load_or_profile(paths.raw, paths.contract)
     start = time.perf_counter()
-    report, clean, quarantined = gate(table, contract, params.validate, params.data.target, paths.data_docs)
-    label = label_check(clean, params.data)
-    if label:
-        report = with_check(report, label, params.validate)
-    log.info("%d expectations and drift on %d rows in %.1f s; Data Docs: %s", report.evaluated_expectations, report.rows, time.perf_counter() - start, report.page)
-    warnings = [f"{w['column'] or 'table'}: {w['message']}" for w in report.warnings]
-    for warning in warnings:
-        log.warning("data contract warning: %s", warning)
-    if not report.success:
-        # The accepted outputs stay as they were: DVC still sees the last accepted batch as current.
-        rejected = failed_report_path(paths.validation)
-        write_json(report.as_dict(), rejected)
-        raise ValidationFailed(f"{report.summary()}\nFull report: {rejected}")
-    write_table(quarantined, paths.quarantine)
-    write_table(clean, paths.validated)
+    checker = Gate(contract, params.validate, params.data, source.schema_arrow, source.metadata.num_rows)
+    with parquet_writer(paths.validated, source.schema_arrow) as clean, parquet_writer(paths.quarantine, no_rows(source.schema_arrow.empty_table()).schema) as quarantined:
+        for batch in source.iter_batches(batch_size=params.data.batch_rows):
+            for rows, writer in zip(checker.split(batch), (clean, quarantined)):
+                if rows.num_rows:  # an empty row group per batch would bloat the footer
+                    writer.write_table(rows)
+        report = checker.report(paths.data_docs)
+        log.info("%d expectations on %d sampled rows, exact checks and drift on %d rows in %.1f s; Data Docs: %s", report.evaluated_expectations, report.gx_rows, report.rows, time.perf_counter() - start, report.page)
+        warnings = [f"{w['column'] or 'table'}: {w['message']}" for w in report.warnings]
+        for warning in warnings:
+            log.warning("data contract warning: %s", warning)
+        if not report.success:
+            # Nothing is renamed into place: DVC still sees the last accepted batch as current.
+            rejected = failed_report_path(paths.validation)
+            write_json(report.as_dict(), rejected)
+            raise ValidationFailed(f"{report.summary()}\nFull report: {rejected}")
     write_json(report.as_dict(), paths.validation)
-    return {"rows": report.rows, "quarantined": quarantined.num_rows, "expectations": report.evaluated_expectations, "warnings": warnings, "out": paths.validated}
+    return {"rows": report.rows, "quarantined": checker.quarantined, "expectations": report.evaluated_expectations, "warnings": warnings, "out": paths.validated}
 
 
 if __name__ == "__main__":

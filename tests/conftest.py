@@ -79,6 +79,16 @@ def small_flights(rows: int = 4000, source_rows: int | None = None):
     return raw.take(list(range(0, raw.num_rows, raw.num_rows // rows)))
 
 
+def peak_rss(code: str, *args: str, timeout: int = 300) -> tuple[list[str], int]:
+    """Run `code` in a fresh Python process with `args` in sys.argv: (the words it printed, its
+    peak RSS in KB). A process of its own, so one test's memory does not hide another's."""
+    script = f"{code}\nimport resource\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    proc = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    *printed, rss = proc.stdout.split()
+    return printed, int(rss)
+
+
 def commit_params(project: Path, overrides: dict) -> None:
     """Write `overrides` into the copy's params.yaml and commit them: the copy's own settings."""
     from data2model.params import write_overrides

