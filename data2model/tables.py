@@ -76,6 +76,14 @@ def parquet_file(path: str | Path) -> pq.ParquetFile:
     return pq.ParquetFile(path, pre_buffer=False)
 
 
+def thinned(table: pa.Table, keep: float, rng) -> pa.Table:
+    """Each row kept with probability `keep` (all of them at 1.0): one batch's share of a seeded
+    uniform sample drawn from a stream."""
+    import numpy as np
+
+    return table if keep >= 1.0 else table.filter(pa.array(np.asarray(rng.random(table.num_rows)) < keep))
+
+
 def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
     path = Path(path)
     if not path.exists():

@@ -17,12 +17,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from data2model.params import Params
 from data2model.preprocess import LABEL, TIME, Preprocessor, derive_label, fit_preprocessor
 from data2model.stage import main
-from data2model.tables import read_table, write_batches
+from data2model.tables import parquet_file, read_table, thinned, write_batches
 
 log = logging.getLogger("data2model.features")
 
@@ -47,14 +46,13 @@ def fit_sample(batches: Iterator[pa.Table], total_rows: int, sample_rows: int, s
     there are fewer), the same for the same seed."""
     keep = min(1.0, sample_rows / max(total_rows, 1))
     rng = np.random.default_rng(seed)
-    parts = [batch if keep == 1.0 else batch.filter(pa.array(rng.random(batch.num_rows) < keep)) for batch in batches]
-    return pa.concat_tables(parts)
+    return pa.concat_tables([thinned(batch, keep, rng) for batch in batches])
 
 
 def run(params: Params) -> dict[str, Any]:
     data, path = params.data, params.paths.validated
     _, classes = derive_label(read_table(path, columns=[data.target]), data)  # one column: the classes, and the all-null check
-    source = pq.ParquetFile(path)
+    source = parquet_file(path)
     rows = source.metadata.num_rows
 
     def labelled() -> Iterator[pa.Table]:

@@ -94,7 +94,7 @@ def _csv_batches(source: Any, name: str) -> tuple[pa.Schema, Iterator[pa.RecordB
 
 def _parquet_batches(path: Path, batch_rows: int) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     try:
-        file = pq.ParquetFile(path)
+        file = pq.ParquetFile(path, pre_buffer=False)  # streamed: pre-buffering would keep every chunk read (tables.parquet_file)
     except (pa.ArrowInvalid, OSError) as err:
         raise DataError(f"{path} is not a readable Parquet file: {err}") from None
 

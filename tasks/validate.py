@@ -31,7 +31,7 @@ from data2model.exact import ExactCounts
 from data2model.params import Data, Params, Validate
 from data2model.quarantine import no_rows, split_rows
 from data2model.stage import main
-from data2model.tables import parquet_file, parquet_writer, read_json, read_table, write_json
+from data2model.tables import parquet_file, parquet_writer, read_json, read_table, thinned, write_json
 
 log = logging.getLogger("data2model.validate")
 
@@ -158,7 +158,7 @@ class Gate:
             self.reasons[reason] = self.reasons.get(reason, 0) + n
         self.exact.add(clean)
         self.drift.add(clean)
-        self.sample.append(clean if self.keep == 1.0 else clean.filter(pa.array(self.rng.random(clean.num_rows) < self.keep)))
+        self.sample.append(thinned(clean, self.keep, self.rng))
         return clean, quarantined
 
     def report(self, data_docs_dir: str | Path) -> ValidationReport:
