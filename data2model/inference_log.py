@@ -1,25 +1,27 @@
 """The server's inference log: a sample of scored requests (the input fields, the predictions,
 the model version and the time) in rotating Parquet files, for monitoring.
 
-The request path only samples and puts the frames on a bounded queue; a writer thread turns
-them into Arrow 32 requests at a time (about 11 ms of GIL per conversion measured, instead of
-one conversion of a whole file's worth: 350 requests, over 100 ms, at 70 requests/s), drops and
-hashes columns as configured, and writes files atomically. The conversions still hold the GIL
-about 2% of the time at that rate, which is what logging costs the p99 (BENCHMARKS.md). A full
-queue or a failing disk costs the log rows (counted in `stats`), never a request.
+The request path only samples and hands the request's raw body and response to a writer
+process: pickling bytes and a string costs microseconds, so the server's threads never wait on
+the log. The writer process parses the body with the server's own request checks, turns 32
+requests at a time into Arrow, drops and hashes columns as configured, and writes files
+atomically. A full backlog or a failing disk costs log rows (counted in `stats`), never a
+request. (A writer *thread* in the server's process held the GIL about 2% of the time for its
+pandas work at 70 requests/s, which cost the p99 1.12-1.28x: BENCHMARKS.md, Serving.)
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import random
-import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -60,107 +62,170 @@ def stats_dict(stats: LogStats) -> dict:
     return {**asdict(stats), "errors": list(stats.errors)}
 
 
-class InferenceLog:
-    def __init__(self, cfg, seed: int | None = None):
-        self.cfg = cfg
-        self.folder = Path(cfg.folder)
-        self.stats = LogStats()
-        self._queue: queue.Queue = queue.Queue()
-        self._queued_rows = 0
-        self._lock = threading.Lock()
-        self._random = random.Random(seed)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._write_loop, name="inference-log", daemon=True)
-        self._raw: list[tuple[pd.DataFrame, pd.DataFrame, str, datetime]] = []  # taken, not yet converted
-        self._tables: list[pa.Table] = []  # converted, not yet written
-        self._pending_rows = 0  # rows in both
-        self._seq = 0
+class _Writer:
+    """The writer process's side: takes requests, converts them a chunk at a time, writes files."""
 
-    # --- the request path: cheap, never raises ---------------------------------------------
+    def __init__(self, cfg, counters: dict[str, Any], errors) -> None:
+        self.cfg, self.folder = cfg, Path(cfg.folder)
+        self.counters, self.errors = counters, errors
+        self.fields: dict[str, list] = {}  # per model version, sent once by the server
+        self.raw: list[tuple] = []  # taken, not yet converted
+        self.tables: list[pa.Table] = []  # converted, not yet written
+        self.pending_rows = 0  # rows in both
+        self.seq = 0
 
-    def record(self, features: pd.DataFrame, predictions: pd.DataFrame, version: str) -> None:
-        try:
-            if self._random.random() >= self.cfg.sample:
-                return
-            rows = len(features)
-            with self._lock:
-                if self._queued_rows + rows > self.cfg.queue_rows:
-                    self.stats.dropped_rows += rows
-                    return
-                self._queued_rows += rows
-            self._queue.put_nowait((features, predictions, version, datetime.now(timezone.utc)))
-        except Exception as err:  # logging must never fail a request
-            self.stats.errors.append(f"record: {err}")
-
-    # --- the writer thread ---------------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self.cfg.flush_seconds + 30)
-
-    def _take(self, timeout: float) -> None:
-        try:
-            request = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return
-        with self._lock:
-            self._queued_rows -= len(request[0])
-        self._raw.append(request)
-        self._pending_rows += len(request[0])
-        if len(self._raw) >= CHUNK_REQUESTS:
-            self._convert()
-
-    def _write_loop(self) -> None:
+    def run(self, requests) -> None:
         last_flush = time.monotonic()
-        while not (self._stop.is_set() and self._queue.empty()):
-            self._take(timeout=0.2)
-            if self._pending_rows >= self.cfg.rows_per_file or (self._pending_rows and time.monotonic() - last_flush >= self.cfg.flush_seconds):
-                self._flush()
+        while True:
+            try:
+                item = requests.get(timeout=0.2)
+            except queue.Empty:
+                item = ()
+            if item is None:  # the server closes the log
+                break
+            if item:
+                self.take(item)
+            if self.pending_rows >= self.cfg.rows_per_file or (self.pending_rows and time.monotonic() - last_flush >= self.cfg.flush_seconds):
+                self.flush()
                 last_flush = time.monotonic()
-        self._flush()
+        self.flush()
 
-    def _convert(self) -> None:
-        requests, self._raw = self._raw, []
+    def take(self, item: tuple) -> None:
+        if item[0] == "fields":
+            self.fields[item[1]] = item[2]
+            return
+        rows = item[1]
+        _add(self.counters["queued"], -rows)
+        self.raw.append(item[1:])
+        self.pending_rows += rows
+        if len(self.raw) >= CHUNK_REQUESTS:
+            self.convert()
+
+    def convert(self) -> None:
+        from data2model.request_checks import request_frame
+
+        requests, self.raw = self.raw, []
         if not requests:
             return
+        frames = []
+        for rows, body, content_type, version, content, at in requests:
+            try:  # one request that cannot be read costs its own rows only
+                frames.append((request_frame(body, content_type, self.fields[version], rows), pd.DataFrame(json.loads(content)["predictions"]), version, at))
+            except Exception as err:
+                self.pending_rows -= rows
+                self.fail(rows, f"convert: {err}")
+        if not frames:
+            return
         try:
-            self._tables.append(log_table(requests, self.cfg.drop, self.cfg.hash))
+            self.tables.append(log_table(frames, self.cfg.drop, self.cfg.hash))
         except Exception as err:
-            rows = sum(len(r[0]) for r in requests)
-            self._pending_rows -= rows
-            self.stats.failed_rows += rows
-            self.stats.errors.append(f"convert: {err}")
-            log.warning("inference log: could not convert %d rows (%s); requests are unaffected", rows, err)
+            rows = sum(len(f[0]) for f in frames)
+            self.pending_rows -= rows
+            self.fail(rows, f"convert: {err}")
 
-    def _flush(self) -> None:
-        """Everything taken so far into one file; the Parquet write itself runs outside the GIL."""
-        self._convert()
-        if not self._tables:
+    def flush(self) -> None:
+        """Everything taken so far into one file."""
+        self.convert()
+        if not self.tables:
             return
         import pyarrow.parquet as pq
 
         from data2model.tables import atomic_path
 
-        tables, rows = self._tables, self._pending_rows
-        self._tables, self._pending_rows = [], 0
+        tables, rows = self.tables, self.pending_rows
+        self.tables, self.pending_rows = [], 0
         try:
             table = pa.concat_tables(tables, promote_options="permissive")
-            self._seq += 1
-            path = self.folder / f"requests-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}-{self._seq:06d}.parquet"
+            self.seq += 1
+            path = self.folder / f"requests-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}-{self.seq:06d}.parquet"
             with atomic_path(path) as tmp:
                 pq.write_table(table, tmp, compression="zstd")
-            self.stats.logged_rows += rows
-            self.stats.files_written += 1
-            self._rotate()
+            _add(self.counters["logged"], rows)
+            _add(self.counters["files"], 1)
+            self.rotate()
         except Exception as err:
-            self.stats.failed_rows += rows
-            self.stats.errors.append(f"write: {err}")
-            log.warning("inference log: could not write %d rows to %s (%s); requests are unaffected", rows, self.folder, err)
+            self.fail(rows, f"write: {err}")
 
-    def _rotate(self) -> None:
+    def fail(self, rows: int, error: str) -> None:
+        _add(self.counters["failed"], rows)
+        self.errors.put(error)
+        log.warning("inference log: could not log %d rows (%s) in %s; requests are unaffected", rows, error, self.folder)
+
+    def rotate(self) -> None:
         files = sorted(self.folder.glob("requests-*.parquet"))
         for old in files[: max(len(files) - self.cfg.max_files, 0)]:
             old.unlink(missing_ok=True)
+
+
+def _add(counter, n: int) -> None:
+    with counter.get_lock():
+        counter.value += n
+
+
+def _write(cfg, requests, counters: dict[str, Any], errors) -> None:
+    """The writer process's entry point."""
+    _Writer(cfg, counters, errors).run(requests)
+
+
+class InferenceLog:
+    """The server's side: sampling and a bounded backlog in the request path, the writing in a
+    separate process (`start`, `close`)."""
+
+    def __init__(self, cfg, seed: int | None = None):
+        import multiprocessing
+
+        self.cfg = cfg
+        context = multiprocessing.get_context("spawn")  # the server has threads: no fork
+        self._requests = context.Queue()
+        self._errors = context.Queue()
+        self._counters = {name: context.Value("q", 0) for name in ("queued", "logged", "failed", "files")}
+        self._process = context.Process(target=_write, args=(cfg, self._requests, self._counters, self._errors), name="inference-log", daemon=True)
+        self._random = random.Random(seed)
+        self._dropped = 0
+        self._recent_errors: deque[str] = deque(maxlen=20)
+        self._fields_sent: set[str] = set()
+
+    @property
+    def stats(self) -> LogStats:
+        while True:
+            try:
+                self._recent_errors.append(self._errors.get_nowait())
+            except (queue.Empty, OSError, ValueError):
+                break
+        value = {name: counter.value for name, counter in self._counters.items()}
+        return LogStats(logged_rows=value["logged"], dropped_rows=self._dropped, failed_rows=value["failed"], files_written=value["files"], errors=self._recent_errors)
+
+    # --- the request path: cheap, never raises ---------------------------------------------
+
+    def record(self, rows: int, body: bytes, content_type: str | None, fields: list, content: str, version: str) -> None:
+        """One answered request: its `rows`, raw `body` (parsed again by the writer with
+        `fields`, the model's input fields) and the response `content` (MLflow's JSON)."""
+        try:
+            if self._random.random() >= self.cfg.sample:
+                return
+            queued = self._counters["queued"]
+            with queued.get_lock():
+                if queued.value + rows > self.cfg.queue_rows:
+                    self._dropped += rows
+                    return
+                queued.value += rows
+            if version not in self._fields_sent:
+                self._requests.put_nowait(("fields", version, fields))
+                self._fields_sent.add(version)
+            self._requests.put_nowait(("request", rows, body, content_type, version, content, datetime.now(timezone.utc)))
+        except Exception as err:  # logging must never fail a request
+            self._recent_errors.append(f"record: {err}")
+
+    # --- the writer process --------------------------------------------------------------
+
+    def start(self) -> None:
+        self._process.start()
+
+    def close(self) -> None:
+        """Write what is pending and stop the writer."""
+        if self._process.pid is None:
+            return
+        self._requests.put(None)
+        self._process.join(timeout=self.cfg.flush_seconds + 30)
+        if self._process.is_alive():
+            self._process.terminate()

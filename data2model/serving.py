@@ -164,7 +164,7 @@ def create_app(slot: AliasSlot, max_rows: int, max_bytes: int, inference_log: In
         except MlflowException as err:  # schema enforcement the checks above did not foresee
             return error(400, err.message, loaded.version)
         if inference_log is not None:
-            inference_log.record(frame, predictions, loaded.version)
+            inference_log.record(len(frame), body, request.headers.get("content-type"), loaded.fields, content, loaded.version)
         return Response(content=content, media_type="application/json", headers={"X-Model-Version": loaded.version})
 
     return app
