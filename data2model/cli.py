@@ -28,20 +28,23 @@ PREFECT_DEFAULTS = {
 def _run(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(text) for text in args.set)
     params = check_overrides(overrides) if overrides else None  # bad overrides fail here, before Prefect starts
-    if params is None and not args.flow_always:
+    due = None
+    if params is None:
         load_params()  # a missing or broken params.yaml is a usage error, whichever path runs
-        from data2model.dag import nothing_to_run
+        from data2model.dag import stages_due
 
-        if nothing_to_run():
+        due = stages_due()
+        if due == [] and not args.flow_always:
             print("nothing to run: every stage is up to date (DVC), so no flow run was started; `d2m status` shows the model and its metrics")
             return 0
     for key, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    from flows.pipeline import pipeline, shutdown_ray
+    from flows.pipeline import pipeline, shutdown_ray, warm_up
     from data2model.status import describe
 
     start = time.perf_counter()
     try:
+        warm_up(due or [])
         status = pipeline(params=params)
     finally:
         shutdown_ray()

@@ -86,31 +86,38 @@ def workspace_lock(logger: logging.Logger | logging.LoggerAdapter) -> Iterator[N
 
 
 def stale_stages() -> list[str]:
-    """The stages DVC would run now: code, data, params or outputs differ from dvc.lock."""
+    """The stages a run would run now: those whose code, data, params or outputs differ from
+    dvc.lock, and every stage downstream of them."""
+    import networkx as nx
     from dvc.repo import Repo, lock_repo
     from dvc.stage import PipelineStage
 
     with Repo(".") as repo, lock_repo(repo):
-        return [stage.name for stage in repo.index.stages if isinstance(stage, PipelineStage) and stage.changed()]
+        graph = repo.index.graph
+        changed = [node for node in graph.nodes if isinstance(node, PipelineStage) and node.changed()]
+        # DVC's edges point from a stage to the stages it depends on: downstream is "ancestors".
+        due = set(changed).union(*(nx.ancestors(graph, node) for node in changed))
+        return sorted(node.name for node in due if isinstance(node, PipelineStage))
 
 
-def nothing_to_run() -> bool:
-    """True when no run holds the workspace and every stage is up to date, so `d2m run` can
-    answer at once instead of starting Prefect to skip seven stages."""
+def stages_due() -> list[str] | None:
+    """What `d2m run` would run now ([] when every stage is up to date, so it can answer at once
+    instead of starting Prefect to skip every stage), or None when that cannot be told without
+    waiting: another run holds the workspace, or this is not a DVC project (the flow says so)."""
     from dvc.exceptions import DvcException
 
     path = Path(WORKSPACE_LOCK)
-    if not path.parent.parent.is_dir():  # no .dvc/ here: not a DVC project, the flow's path says so
-        return False
+    if not path.parent.parent.is_dir():  # no .dvc/ here
+        return None
     path.parent.mkdir(exist_ok=True)
     with path.open("w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return False
+            return None
         try:
-            return not stale_stages()
-        except DvcException:  # a `dvc repro` holds the repo, or no DVC repo: the flow's path handles it
-            return False
+            return stale_stages()
+        except DvcException:  # a `dvc repro` holds the repo: the flow's path waits for it
+            return None
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)

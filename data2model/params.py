@@ -110,7 +110,7 @@ class Validate(Section):
     drift_threshold: float = Field(0.25, gt=0)
     on_row_failure: Literal["fail", "quarantine"] = "fail"
     max_quarantine_fraction: float = Field(0.01, ge=0, le=1)
-    gx_sample_rows: int = Field(500_000, ge=1)
+    gx_sample_rows: int = Field(100_000, ge=1)
 
     @field_validator("severity")
     @classmethod

@@ -9,7 +9,8 @@ and the committed params.yaml is put back byte for byte."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -215,8 +216,48 @@ def _publish_artifacts(status: dict[str, Any], params: Params) -> None:
         create_link_artifact(docs.as_uri(), link_text=f"Data Docs ({status['data_docs']})", key="data2model-data-docs")
 
 
+def warm_up(due: Collection[str]) -> None:
+    """Start together what a run from the CLI would otherwise wait for one after another:
+    Prefect's temporary API server (when no PREFECT_API_URL is set) starts in a thread while this
+    thread opens the MLflow store and starts Ray, when the train stage is `due`. Ray is started
+    here, not in a thread: it ties its processes' lives to the thread that starts them.
+
+    Nothing here can fail the run: a problem (no tracking server, too few CPUs) is raised again
+    by the stage that meets it, inside the flow run, where the UI shows it."""
+    import threading
+
+    from prefect.settings import PREFECT_API_URL
+
+    server = None
+    if not PREFECT_API_URL.value():
+        from prefect.server.api.server import SubprocessASGIServer
+
+        # One instance per port (None: any free one): the flow's client finds this one started.
+        server = threading.Thread(target=_start_quietly, args=(SubprocessASGIServer(),), name="prefect-api")
+        server.start()
+    try:
+        if "train" in due:
+            from data2model.trainers import init_ray
+
+            params = load_params()
+            tracking.configure(params)
+            init_ray(params.train)
+    except Exception as err:  # noqa: BLE001 - see the docstring
+        logging.getLogger("data2model").debug("warm-up left to the stages: %s", err)
+    finally:
+        if server is not None:
+            server.join()
+
+
+def _start_quietly(server: Any) -> None:
+    try:
+        server.start()
+    except Exception:  # noqa: BLE001 - the flow's client starts it again and reports why it cannot
+        return
+
+
 def shutdown_ray() -> None:
-    """The train stage started Ray in this process; stop it so the process can exit cleanly."""
+    """The train stage (or warm_up) started Ray in this process; stop it so the process can exit cleanly."""
     import sys
 
     if "ray" in sys.modules:

@@ -1,7 +1,11 @@
 """XGBoost through Ray Train (V2): each worker trains on its Ray Data shard (device `cuda` when
 train.use_gpu), checkpoints every train.checkpoint_every rounds and resumes from the latest
-checkpoint; rank 0 logs per-round metrics to MLflow; the driver keeps the booster cut at the
-best round."""
+checkpoint; rank 0 logs the validation metrics of every round, and the training split's every
+25 rounds, to MLflow; the driver keeps the booster cut at the best round.
+
+The training split is not in XGBoost's per-round `evals`: its AUC sorts every training row each
+round, which nearly doubled the boosting time (17.6 s against 10.0 s for 200 rounds at the
+default data, one thread)."""
 
 from __future__ import annotations
 
@@ -66,12 +70,12 @@ class Rounds:
     reports, at the same round.
     """
 
-    def __init__(self, config: dict[str, Any], rank: int, start: "Any | None", rows: int) -> None:
+    def __init__(self, config: dict[str, Any], rank: int, start: "Any | None", dtrain: Any) -> None:
         import mlflow
 
         from data2model.trainers.telemetry import StepClock
 
-        self.config, self.rank, self.rows = config, rank, rows
+        self.config, self.rank, self.dtrain, self.rows = config, rank, dtrain, dtrain.num_row()
         self.metric = config["booster_params"]["eval_metric"][-1]
         self.maximize = self.metric in _MAXIMIZE
         self.done = start.num_boosted_rounds() if start is not None else 0
@@ -102,11 +106,19 @@ class Rounds:
         if self.best is None or (score > self.best[0] if self.maximize else score < self.best[0]):
             self.best = (score, round_)
             model.set_attr(best_score=str(score), best_iteration=str(round_))
+        if round_ % _LOG_EVERY == 0:  # every worker: the metric is all-reduced across them
+            evals_log = {**evals_log, "train": self.train_metrics(model, round_)}
         if self.client is not None:
             self.log_round(round_, evals_log)
         if (round_ + 1) % self.config["checkpoint_every"] == 0:
             self.report(model, round_, score, finished=False)
         return round_ - self.best[1] >= self.config["early_stopping_rounds"]
+
+    def train_metrics(self, model, round_: int) -> dict[str, list[float]]:
+        """The training split's metrics after `round_`, shaped like XGBoost's evals_log."""
+        text = model.eval_set([(self.dtrain, "train")], round_)  # "[r]\ttrain-logloss:0.43\ttrain-auc:0.67"
+        pairs = (item.split(":") for item in text.split("\t")[1:])
+        return {name.removeprefix("train-"): [float(value)] for name, value in pairs}
 
     def log_round(self, round_: int, evals_log: dict[str, Any]) -> None:
         from mlflow.entities import Metric
@@ -170,7 +182,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     dtrain, dvalid = shard("train"), shard("valid")
     checkpoint = ray.train.get_checkpoint()
     start = RayTrainReportCallback.get_model(checkpoint) if checkpoint else None
-    rounds = Rounds(config, rank, start, dtrain.num_row())
+    rounds = Rounds(config, rank, start, dtrain)
     if start is not None and start.attr("finished") == "1":
         booster = start
     else:
@@ -178,7 +190,7 @@ def _train_loop(config: dict[str, Any]) -> None:
             config["booster_params"],
             dtrain,
             num_boost_round=config["num_boost_round"] - rounds.done,
-            evals=[(dtrain, "train"), (dvalid, "valid")],
+            evals=[(dvalid, "valid")],
             callbacks=[rounds.callback()],
             xgb_model=start,
             verbose_eval=False,
