@@ -103,6 +103,9 @@ def ray_cluster():
     """A local Ray per test module: 2 training workers plus a CPU for Ray Data's reads."""
     import ray
 
+    from data2model.trainers import ray_env
+
+    os.environ.update(ray_env())
     ray.init(num_cpus=3, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield
     ray.shutdown()

@@ -139,10 +139,11 @@ def kill_a_worker_after_first_checkpoint(job: TrainJob, killed: list[int]) -> th
 
 def test_xgboost_survives_a_killed_worker(ray_cluster, tracking_uri, tmp_path):
     """Ray Train registers a reported checkpoint at its controller's next health check (every
-    2 s by default), so an interval of 100 rounds of ~35 ms (3.5 s, longer under load) is what
-    keeps the kill, made the moment the first checkpoint is registered, inside the interval after
-    it. With 25-round intervals the next checkpoint could be reported, not yet registered, when
-    the worker died, and 26 rounds were repeated. No early stopping: both runs train every round."""
+    0.5 s as init_ray sets it; 2 s by Ray's default), so an interval of 100 rounds of ~18 ms
+    (1.8 s, longer under load) is what keeps the kill, made the moment the first checkpoint is
+    registered, inside the interval after it. With Ray's 2 s, 101 rounds were repeated: the next
+    checkpoint was reported, not yet registered, when the worker died. No early stopping: both
+    runs train every round."""
     params = xgb_params(max_failures=1, checkpoint_every=100, xgboost={"num_boost_round": 300, "early_stopping_rounds": 300, "eta": 0.05, "max_depth": 8})
     for folder in ("clean", "failed"):
         (tmp_path / folder).mkdir()

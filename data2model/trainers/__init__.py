@@ -24,6 +24,7 @@ from data2model.preprocess import Preprocessor
 
 log = logging.getLogger("data2model.train")
 META = "model.json"
+HEALTH_CHECK = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
 
 @dataclass
@@ -72,6 +73,8 @@ def init_ray(params: Train) -> None:
     if not ray.is_initialized():
         if address:
             check_reachable(address)
+        env = ray_env()
+        os.environ.update(env)  # a local Ray's processes inherit the driver's environment
         ray.init(
             address=address,
             num_cpus=None if address else max(os.cpu_count() or 1, needed),
@@ -81,7 +84,7 @@ def init_ray(params: Train) -> None:
             # still reach the driver, and training metrics go to MLflow.
             logging_config=ray.LoggingConfig(log_level="ERROR"),
             log_to_driver=True,
-            runtime_env={"env_vars": {"PYTHONPATH": str(Path.cwd().resolve())}} if address else None,
+            runtime_env={"env_vars": {"PYTHONPATH": str(Path.cwd().resolve()), **env}} if address else None,
         )
     available = ray.cluster_resources().get("CPU", 0)
     if available < needed:
@@ -89,6 +92,14 @@ def init_ray(params: Train) -> None:
             f"Ray has {available:g} CPUs; train.num_workers={params.num_workers} x train.cpus_per_worker="
             f"{params.cpus_per_worker} needs {needed} (one left for reading data): lower them or add nodes"
         )
+
+
+def ray_env() -> dict[str, str]:
+    """Settings for Ray's processes. Ray Train's controller registers a reported checkpoint, and
+    sees a worker finish or die, only at its health check (every 2 s by default): a worker dying
+    within that window after a report loses the checkpoint, and every run ends up to 2 s late.
+    Every 0.5 s shrinks both (an environment variable of the same name overrides it)."""
+    return {HEALTH_CHECK: os.environ.get(HEALTH_CHECK, "0.5")}
 
 
 def check_reachable(address: str, timeout: float = 5) -> None:
