@@ -53,7 +53,7 @@ def measured(cmd: list[str], cwd: Path) -> dict[str, float | str]:
         output = log.read()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(cmd)} failed in {cwd}:\n{output[-4000:]}")
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "output": output}
+    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "output": output, "load": round(os.getloadavg()[0], 2)}
 
 
 def set_params(project: Path, overrides: dict) -> None:
@@ -126,7 +126,11 @@ def median(runs: list[dict[str, dict]], key: str, field: str = "seconds") -> flo
 
 def summarise(scale: int, runs: list[dict[str, dict]]) -> dict:
     keys = runs[0].keys()
-    medians = {key: {"seconds": median(runs, key), "peak_rss_mb": median(runs, key, "peak_rss_mb"), "runs_s": [round(r[key]["seconds"], 2) for r in runs]} for key in keys}
+    medians = {
+        key: {"seconds": median(runs, key), "peak_rss_mb": median(runs, key, "peak_rss_mb"), "runs_s": [round(r[key]["seconds"], 2) for r in runs],
+              "load_at_end": [r[key]["load"] for r in runs]}  # the 1-minute load average as each run ended
+        for key in keys
+    }
     data_stages = sum(medians[f"stage_{s}"]["seconds"] for s in DATA_STAGES)
     reference = medians["pyarrow_read_write"]["seconds"]
     out = {
@@ -138,10 +142,15 @@ def summarise(scale: int, runs: list[dict[str, dict]]) -> dict:
     }
     if "d2m_run_cold" not in medians:  # --only data-stages
         return out
-    cold, bare = medians["d2m_run_cold"]["seconds"], medians["bare_script"]["seconds"]
+    # Each repeat's cold run against the bare script of the same repeat (they ran minutes apart),
+    # then the median over repeats.
+    pairs = [(run["d2m_run_cold"]["seconds"], run["bare_script"]["seconds"]) for run in runs]
+    cold = medians["d2m_run_cold"]["seconds"]
     return out | {
-        "orchestration_tax": round(cold / bare, 2),
-        "fixed_overhead_s": round(cold - bare, 1),
+        "orchestration_tax": round(statistics.median(c / b for c, b in pairs), 2),
+        "orchestration_tax_runs": [round(c / b, 2) for c, b in pairs],
+        "fixed_overhead_s": round(statistics.median(c - b for c, b in pairs), 1),
+        "fixed_overhead_s_runs": [round(c - b, 1) for c, b in pairs],
         "incremental_saving": round(1 - medians["d2m_run_train_changed"]["seconds"] / cold, 3),
         "incremental_ran": runs[0]["d2m_run_train_changed"]["ran"],
     }
