@@ -180,3 +180,18 @@ def test_unreachable_tracking_server_is_one_clear_line():
     with pytest.raises(D2MError, match=r"MLflow tracking URI http://127\.0\.0\.1:\d+ .*no MLflow server answers there") as err:
         tracking.configure(params, ROOT)
     assert time.monotonic() - start < 15 and "\n" not in str(err.value)
+
+
+def test_an_unreachable_tracking_server_fails_the_run_at_train_not_in_the_warm_up(tmp_path):
+    """`d2m run` opens MLflow and starts Ray before the flow when train is due (warm_up); a
+    problem there is left to the stage, so the run fails inside the flow, at train, with the
+    one-line message, after the data stages ran."""
+    project = make_project_copy(tmp_path / "project")
+    uri = f"http://127.0.0.1:{free_port()}"
+    env = isolated_env(project) | {"MLFLOW_TRACKING_URI": uri}
+    proc = subprocess.run(["d2m", "run"], cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "Beginning flow run" in out and "Task run 'validate' - validate: ran" in out, out[-4000:]
+    assert f"train: MLflow tracking URI {uri}" in out and "no MLflow server answers there" in out, out[-4000:]
+    assert "Traceback" not in out, out[-4000:]
