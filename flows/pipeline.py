@@ -230,10 +230,7 @@ def warm_up(due: Collection[str]) -> None:
 
     server = None
     if not PREFECT_API_URL.value():
-        from prefect.server.api.server import SubprocessASGIServer
-
-        # One instance per port (None: any free one): the flow's client finds this one started.
-        server = threading.Thread(target=_start_quietly, args=(SubprocessASGIServer(),), name="prefect-api")
+        server = threading.Thread(target=_start_prefect_server, name="prefect-api")
         server.start()
     try:
         if "train" in due:
@@ -249,10 +246,15 @@ def warm_up(due: Collection[str]) -> None:
             server.join()
 
 
-def _start_quietly(server: Any) -> None:
+def _start_prefect_server() -> None:
+    """Start the temporary API server the flow's client would start. Prefect keeps one instance
+    per port (None: any free one), so the client finds this one running. The class is Prefect's
+    own (3.x); if it moves or fails, the client starts the server itself and reports why not."""
     try:
-        server.start()
-    except Exception:  # noqa: BLE001 - the flow's client starts it again and reports why it cannot
+        from prefect.server.api.server import SubprocessASGIServer
+
+        SubprocessASGIServer().start()
+    except Exception:  # noqa: BLE001 - see the docstring
         return
 
 
