@@ -39,15 +39,19 @@ def _run(args: argparse.Namespace) -> int:
             return 0
     for key, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    from flows.pipeline import pipeline, shutdown_ray, warm_up
+    from data2model.services import prefect_api
     from data2model.status import describe
 
     start = time.perf_counter()
-    try:
-        warm_up(due or [])
-        status = pipeline(params=params)
-    finally:
-        shutdown_ray()
+    with prefect_api() as api_ready:
+        from flows.pipeline import pipeline, shutdown_ray, warm_up
+
+        try:
+            warm_up(due or [])
+            api_ready()
+            status = pipeline(params=params)
+        finally:
+            shutdown_ray()
     print(f"\npipeline finished in {time.perf_counter() - start:.1f} s\n{describe(status)}")
     if "experiment" in status:
         print(f"overrides saved as DVC experiment {status['experiment']}; params.yaml unchanged (`dvc exp apply {status['experiment']}` brings them back)")

@@ -8,6 +8,7 @@ Each process leads its own process group and is recorded by PID in .d2m/services
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,23 +74,91 @@ def _get(url: str, body: dict[str, Any] | None = None) -> Any:
         return json.loads(response.read() or b"null")
 
 
-def wait_for(what: str, ready: Callable[[], bool], proc: subprocess.Popen, log: Path, timeout: float) -> None:
-    """Poll `ready` until it holds; a process that exits or a timeout is an error showing its log."""
+def wait_for(what: str, ready: Callable[[], bool], proc: subprocess.Popen, log: Path | None, timeout: float, every: float = 0.5) -> None:
+    """Poll `ready` until it holds; a process that exits or a timeout is an error showing its
+    log (None: its output went to this process's console)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise D2MError(f"{what} exited with code {proc.returncode}; last lines of {log}:\n{_tail(log)}")
+            raise D2MError(f"{what} exited with code {proc.returncode}; {_tail(log)}")
         try:
             if ready():
                 return
         except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
             pass
-        time.sleep(0.5)
-    raise D2MError(f"{what} not ready after {timeout:.0f} s; last lines of {log}:\n{_tail(log)}")
+        time.sleep(every)
+    raise D2MError(f"{what} not ready after {timeout:.0f} s; {_tail(log)}")
 
 
-def _tail(log: Path, chars: int = 3000) -> str:
-    return log.read_text(errors="replace")[-chars:] if log.exists() else "(no log)"
+def _tail(log: Path | None, chars: int = 3000) -> str:
+    if log is None:
+        return "its output is above"
+    return f"last lines of {log}:\n" + (log.read_text(errors="replace")[-chars:] if log.exists() else "(no log)")
+
+
+def _drain_prefect_workers(timeout: float = 10) -> None:
+    """Send the run's last logs and events while the server still answers: Prefect's workers
+    flush them at exit, and against a stopped server they retry for over a minute."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=timeout)
+    EventsWorker.drain_all(timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def prefect_api() -> Iterator[Callable[[], None]]:
+    """The Prefect API this process's flow runs report to: PREFECT_API_URL (environment or
+    profile) when set, else a temporary API server for this run, stopped when the block ends.
+
+    The temporary server is the one Prefect's client would start for itself (the same command:
+    `prefect.server.api.server:create_app` under uvicorn, no UI, Prefect's settings), on a free
+    loopback port; started here, it boots while this process opens MLflow and starts Ray,
+    without importing Prefect's server into this process first (1.5 s) as the client does.
+    Yields a function that returns once the API answers."""
+    from prefect.context import refresh_global_settings_context
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, get_current_settings
+
+    if PREFECT_API_URL.value():
+        yield lambda: None
+        return
+    address = f"http://{HOST}:{free_port()}"
+    env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True), "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app", "--host", HOST, "--port", address.rsplit(":", 1)[1], "--log-level", "error", "--lifespan", "on"]
+    proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
+    print(f"Prefect: temporary API server for this run on {address} (`d2m up` keeps a server running, with the UI)", flush=True)
+
+    def ready() -> None:
+        wait_for("Prefect's temporary API server", lambda: _get(f"{address}/api/health") is True, proc, None, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), every=0.1)
+
+    # In the environment and the process-wide settings, not a settings context, so that every
+    # thread of Prefect's (heartbeats, log and event workers) reports to this server. No UI on
+    # it, so no "View at" link to one (as with Prefect's own temporary server).
+    saved = {key: os.environ.get(key) for key in ("PREFECT_API_URL", "PREFECT_UI_URL")}
+    os.environ.update({"PREFECT_API_URL": f"{address}/api", "PREFECT_UI_URL": ""})
+    refresh_global_settings_context()
+    try:
+        yield ready
+        _drain_prefect_workers()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        refresh_global_settings_context()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _start(name: str, command: list[str], env: dict[str, str], root: Path) -> tuple[subprocess.Popen, Path]:

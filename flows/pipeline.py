@@ -217,45 +217,33 @@ def _publish_artifacts(status: dict[str, Any], params: Params) -> None:
 
 
 def warm_up(due: Collection[str]) -> None:
-    """Start together what a run from the CLI would otherwise wait for one after another:
-    Prefect's temporary API server (when no PREFECT_API_URL is set) starts in a thread while this
-    thread opens the MLflow store and starts Ray, when the train stage is `due`. Ray is started
+    """Start together what the train stage would otherwise wait for one after another, when it
+    is `due`: the MLflow store opens in a thread while this thread starts Ray. Ray is started
     here, not in a thread: it ties its processes' lives to the thread that starts them.
 
     Nothing here can fail the run: a problem (no tracking server, too few CPUs) is raised again
     by the stage that meets it, inside the flow run, where the UI shows it."""
     import threading
 
-    from prefect.settings import PREFECT_API_URL
-
-    server = None
-    if not PREFECT_API_URL.value():
-        server = threading.Thread(target=_start_prefect_server, name="prefect-api")
-        server.start()
-    try:
-        if "train" in due:
-            from data2model.trainers import init_ray
-
-            params = load_params()
-            tracking.configure(params)
-            init_ray(params.train)
-    except Exception as err:  # noqa: BLE001 - see the docstring
-        logging.getLogger("data2model").debug("warm-up left to the stages: %s", err)
-    finally:
-        if server is not None:
-            server.join()
-
-
-def _start_prefect_server() -> None:
-    """Start the temporary API server the flow's client would start. Prefect keeps one instance
-    per port (None: any free one), so the client finds this one running. The class is Prefect's
-    own (3.x); if it moves or fails, the client starts the server itself and reports why not."""
-    try:
-        from prefect.server.api.server import SubprocessASGIServer
-
-        SubprocessASGIServer().start()
-    except Exception:  # noqa: BLE001 - see the docstring
+    if "train" not in due:
         return
+    from data2model.trainers import init_ray
+
+    params = load_params()
+    store = threading.Thread(target=_quietly, args=(tracking.configure, params), name="d2m-mlflow")
+    store.start()
+    try:
+        _quietly(init_ray, params.train)
+    finally:
+        store.join()
+
+
+def _quietly(start: Any, *args: Any) -> None:
+    """Run a warm-up step; its error is left to the stage that meets it (see warm_up)."""
+    try:
+        start(*args)
+    except Exception as err:  # noqa: BLE001 - see warm_up
+        logging.getLogger("data2model").debug("warm-up left to the stages: %s", err)
 
 
 def shutdown_ray() -> None:

@@ -16,13 +16,17 @@ whole table below it), so memory is bounded by the batch and the sample, not by 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from data2model.contract import describe_failure, expectations, failure_summary, profile, row_rules, to_pandas
 from data2model.drift import DriftCounts
@@ -31,7 +35,7 @@ from data2model.exact import ExactCounts
 from data2model.params import Data, Params, Validate
 from data2model.quarantine import no_rows, split_rows
 from data2model.stage import main
-from data2model.tables import parquet_file, parquet_writer, read_json, read_table, thinned, write_json
+from data2model.tables import atomic_path, parquet_file, parquet_writer, read_json, read_table, thinned, write_json
 
 log = logging.getLogger("data2model.validate")
 
@@ -268,6 +272,52 @@ def failed_report_path(validation: str | Path) -> Path:
     return path.with_name(f"{path.stem}.failed.json")
 
 
+class PassedRows:
+    """The rows that continue, written to paths.validated only once a batch sets rows aside.
+
+    Until then every batch continues whole, so the output would be the input again: a run that
+    sets nothing aside (the usual one) copies paths.raw's bytes, instead of encoding the table
+    again (a copy, not a hard link: an in-place edit of one DVC output must not change another).
+    Seen in a profile at 10x the default data: the encoding was 2.9 s of validate's 15. When the first
+    batch does set rows aside, the batches before it are read again from paths.raw and written,
+    then every later batch's passed rows."""
+
+    def __init__(self, tmp: Path, raw: str | Path, schema: pa.Schema, batch_rows: int) -> None:
+        self.tmp, self.raw, self.schema, self.batch_rows = tmp, raw, schema, batch_rows
+        self.whole_batches = 0
+        self.writer: pq.ParquetWriter | None = None
+
+    def add(self, rows: pa.Table, whole: bool) -> None:
+        if self.writer is None and whole:
+            self.whole_batches += 1
+            return
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+            for index, batch in enumerate(parquet_file(self.raw).iter_batches(batch_size=self.batch_rows)):
+                if index == self.whole_batches:
+                    break
+                self.writer.write_batch(batch)
+        if rows.num_rows:  # an empty row group per batch would bloat the footer
+            self.writer.write_table(rows)
+
+    def copy_raw(self) -> None:
+        shutil.copyfile(self.raw, self.tmp)
+
+
+@contextmanager
+def passed_rows(path: str | Path, raw: str | Path, schema: pa.Schema, batch_rows: int) -> Iterator[PassedRows]:
+    """A `PassedRows` whose output replaces `path` only if the block succeeds."""
+    with atomic_path(path) as tmp:
+        rows = PassedRows(tmp, raw, schema, batch_rows)
+        try:
+            yield rows
+        finally:
+            if rows.writer is not None:
+                rows.writer.close()
+        if rows.writer is None:
+            rows.copy_raw()
+
+
 def run(params: Params) -> dict[str, Any]:
     """Stream paths.raw a batch at a time; the outputs replace the accepted ones only if it passes."""
     paths = params.paths
@@ -275,11 +325,12 @@ def run(params: Params) -> dict[str, Any]:
     contract = load_or_profile(paths.raw, paths.contract)
     start = time.perf_counter()
     checker = Gate(contract, params.validate, params.data, source.schema_arrow, source.metadata.num_rows)
-    with parquet_writer(paths.validated, source.schema_arrow) as clean, parquet_writer(paths.quarantine, no_rows(source.schema_arrow.empty_table()).schema) as quarantined:
+    with passed_rows(paths.validated, paths.raw, source.schema_arrow, params.data.batch_rows) as clean, parquet_writer(paths.quarantine, no_rows(source.schema_arrow.empty_table()).schema) as quarantined:
         for batch in source.iter_batches(batch_size=params.data.batch_rows):
-            for rows, writer in zip(checker.split(batch), (clean, quarantined)):
-                if rows.num_rows:  # an empty row group per batch would bloat the footer
-                    writer.write_table(rows)
+            kept, set_aside = checker.split(batch)
+            clean.add(kept, whole=not set_aside.num_rows)
+            if set_aside.num_rows:  # an empty row group per batch would bloat the footer
+                quarantined.write_table(set_aside)
         report = checker.report(paths.data_docs)
         log.info("%d expectations on %d sampled rows, exact checks and drift on %d rows in %.1f s; Data Docs: %s", report.evaluated_expectations, report.gx_rows, report.rows, time.perf_counter() - start, report.page)
         warnings = [f"{w['column'] or 'table'}: {w['message']}" for w in report.warnings]

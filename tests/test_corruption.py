@@ -240,6 +240,25 @@ def test_stage_quarantines_rows_to_parquet_and_passes_the_clean_rows_on(stage, s
     assert report["quarantine"]["rows"] == quarantined.num_rows and report["success"] is True
 
 
+def test_validated_rows_are_the_raw_ones_whether_or_not_a_later_batch_sets_rows_aside(stage, sample):
+    """Nothing set aside: validated.parquet is raw.parquet's bytes. Rows first set aside a few
+    batches in: the batches before are read again and kept, and the order of rows is the raw one."""
+    params = stage(QUARANTINE)
+    params = params.model_copy(update={"data": params.data.model_copy(update={"batch_rows": 1_000})})
+    assert sample.num_rows > 3_500  # the first bad row below is in the fourth batch
+    write_table(sample, params.paths.raw)
+    assert validate.run(params)["quarantined"] == 0
+    assert Path(params.paths.validated).read_bytes() == Path(params.paths.raw).read_bytes()
+
+    bad = pa.array([i >= 3_500 and i % 50 == 0 for i in range(sample.num_rows)])
+    column = sample.column_names.index("distance")
+    corrupted = sample.set_column(column, "distance", pc.if_else(bad, pa.scalar(99_999, sample["distance"].type), sample["distance"]))
+    write_table(corrupted, params.paths.raw)
+    summary = validate.run(params)
+    assert summary["quarantined"] == pc.sum(bad).as_py() > 0
+    assert read_table(params.paths.validated).equals(sample.filter(pc.invert(bad)))
+
+
 def test_stage_writes_warnings_and_drift_into_the_report(stage, sample):
     params = stage(rules(severity={"drift": "warn"}))
     write_table(CORRUPTIONS["distribution drift"][0](sample), params.paths.raw)

@@ -105,7 +105,7 @@ def test_unknown_override_key_is_refused_and_params_yaml_untouched(unknown_key_r
 def test_unknown_override_key_is_refused_before_prefect_starts(unknown_key_run):
     proc, _ = unknown_key_run
     output = proc.stdout + proc.stderr
-    assert "Starting temporary server" not in output
+    assert "temporary API server" not in output and "Starting temporary server" not in output
     assert "Traceback" not in output
 
 
