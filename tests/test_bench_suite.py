@@ -23,7 +23,7 @@ def test_suite_at_1x_produces_every_figure(tmp_path):
     results = json.loads(out.read_text())
     at_1x = results["scales"]["1"]
     assert set(at_1x["medians"]) == {
-        "bare_script", "d2m_run_cold", "d2m_run_noop", "dvc_repro_noop", "d2m_run_train_changed",
+        "prefect_database_created", "bare_script", "d2m_run_cold", "d2m_run_noop", "dvc_repro_noop", "d2m_run_train_changed",
         "stage_ingest", "stage_validate", "stage_features", "pyarrow_read_write",
     }
     ran = at_1x["incremental_ran"]  # train and what depends on it; nothing upstream of train
@@ -31,6 +31,6 @@ def test_suite_at_1x_produces_every_figure(tmp_path):
     assert not {"ingest", "validate", "dataset_card", "features", "split"} & set(ran), ran
     for figure in at_1x["medians"].values():
         assert figure["seconds"] > 0 and figure["peak_rss_mb"] > 0
-    assert at_1x["orchestration_tax"] > 0 and 0 < at_1x["data_stages_vs_pyarrow"]
+    assert at_1x["orchestration_tax"] > 0 and 0 < at_1x["data_stages_vs_pyarrow"] and at_1x["prefect_database_first_use_s"] > 0
     assert {"fixed_overhead_s_at_1x", "d2m_run_noop_s_at_1x", "dvc_repro_noop_s_at_1x", "data_stages_vs_pyarrow_at_1x"} <= set(results["goals"])
     assert all(isinstance(goal["met"], bool) for goal in results["goals"].values())
