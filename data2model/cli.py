@@ -44,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     with prefect_api() as api_ready:
-        from flows.pipeline import pipeline, shutdown_ray, warm_up
+        from flows.pipeline import pipeline, shutdown_ray, warm_up  # Prefect's flow machinery, once its API is set
 
         try:
             warm_up(due or [])

@@ -276,11 +276,11 @@ class PassedRows:
     """The rows that continue, written to paths.validated only once a batch sets rows aside.
 
     Until then every batch continues whole, so the output would be the input again: a run that
-    sets nothing aside (the usual one) copies paths.raw's bytes, instead of encoding the table
+    sets nothing aside (the usual one) copies paths.raw's bytes instead of encoding the table
     again (a copy, not a hard link: an in-place edit of one DVC output must not change another).
-    Seen in a profile at 10x the default data: the encoding was 2.9 s of validate's 15. When the first
-    batch does set rows aside, the batches before it are read again from paths.raw and written,
-    then every later batch's passed rows."""
+    Seen in a profile at 10x the default data: the encoding was 2.9 s of validate's 15. When
+    the first batch does set rows aside, the batches before it are read again from paths.raw
+    and written, then every later batch's passed rows."""
 
     def __init__(self, tmp: Path, raw: str | Path, schema: pa.Schema, batch_rows: int) -> None:
         self.tmp, self.raw, self.schema, self.batch_rows = tmp, raw, schema, batch_rows
