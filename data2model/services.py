@@ -9,6 +9,7 @@ Each process leads its own process group and is recorded by PID in .d2m/services
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -84,7 +85,7 @@ def wait_for(what: str, ready: Callable[[], bool], proc: subprocess.Popen, log: 
         try:
             if ready():
                 return
-        except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, json.JSONDecodeError):
             pass
         time.sleep(every)
     raise D2MError(f"{what} not ready after {timeout:.0f} s; {_tail(log)}")
@@ -106,12 +107,6 @@ def _drain_prefect_workers(timeout: float = 10) -> None:
     EventsWorker.drain_all(timeout=timeout)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def prefect_api() -> Iterator[Callable[[], None]]:
     """The Prefect API this process's flow runs report to: PREFECT_API_URL (environment or
@@ -128,10 +123,16 @@ def prefect_api() -> Iterator[Callable[[], None]]:
     if PREFECT_API_URL.value():
         yield lambda: None
         return
-    address = f"http://{HOST}:{free_port()}"
     env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True), "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
-    command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app", "--host", HOST, "--port", address.rsplit(":", 1)[1], "--log-level", "error", "--lifespan", "on"]
-    proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
+    # The server gets a socket already bound and listening (uvicorn --fd): a port found free
+    # and then released can be taken before the server binds it (Ray, starting meanwhile, took
+    # one in CI and answered the health check in gRPC).
+    with socket.socket() as listening:
+        listening.bind((HOST, 0))
+        listening.listen(128)
+        address = f"http://{HOST}:{listening.getsockname()[1]}"
+        command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app", "--fd", str(listening.fileno()), "--log-level", "error", "--lifespan", "on"]
+        proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, pass_fds=(listening.fileno(),))
     print(f"Prefect: temporary API server for this run on {address} (`d2m up` keeps a server running, with the UI)", flush=True)
 
     def ready() -> None:
