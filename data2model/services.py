@@ -113,8 +113,8 @@ def prefect_api() -> Iterator[Callable[[], None]]:
     profile) when set, else a temporary API server for this run, stopped when the block ends.
 
     The temporary server is the one Prefect's client would start for itself (the same command:
-    `prefect.server.api.server:create_app` under uvicorn, no UI, Prefect's settings), on a free
-    loopback port; started here, it boots while this process opens MLflow and starts Ray,
+    `prefect.server.api.server:create_app` under uvicorn, no UI, Prefect's settings), on a
+    loopback socket bound here; started here, it boots while this process opens MLflow and starts Ray,
     without importing Prefect's server into this process first (1.5 s) as the client does.
     Yields a function that returns once the API answers."""
     from prefect.context import refresh_global_settings_context
