@@ -100,13 +100,14 @@ def commit_params(project: Path, overrides: dict) -> None:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A local Ray per test module: 2 training workers plus a CPU for Ray Data's reads."""
+    """A local Ray per test module with exactly the CPUs of 2 training workers: the splits are
+    read by the driver, so nothing else needs one."""
     import ray
 
     from data2model.trainers import ray_env
 
     os.environ.update(ray_env())
-    ray.init(num_cpus=3, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -65,7 +65,7 @@ def stack(tmp_path_factory):
         s3 = started.enter_context(engines.s3_server(work, ["dvc", "mlflow"]))
         postgres_uri = started.enter_context(engines.postgres(PG_BIN, "mlflow", "not-a-secret", "mlflow"))
         mlflow_url = started.enter_context(engines.mlflow_server(work, postgres_uri, "s3://mlflow/artifacts", s3))
-        ray = started.enter_context(engines.ray_cluster(work, worker_cpus=3))  # 2 training workers + 1 for reading data
+        ray = started.enter_context(engines.ray_cluster(work, worker_cpus=2))  # exactly the 2 training workers' CPUs
         stack = Stack(project, ray, mlflow_url, postgres_uri, s3)
         start = time.perf_counter()
         stack.run(["dvc", "repro"])
@@ -78,7 +78,7 @@ def stack(tmp_path_factory):
 def test_training_joined_the_external_ray_cluster(stack):
     state = engines.ray_state(stack.ray)
     head, worker = sorted(state["nodes"], key=lambda n: n["cpus"])
-    assert (head["cpus"], worker["cpus"]) == (0, 3)  # the head schedules nothing: training ran on the joined node
+    assert (head["cpus"], worker["cpus"]) == (0, 2)  # the head schedules nothing: training ran on the joined node
     train_drivers = [j for j in state["jobs"] if "tasks.train" in j["entrypoint"]]
     assert train_drivers and all(j["dead"] for j in train_drivers), state["jobs"]  # the train stage was a driver of this cluster
     meta = json.loads((stack.project / "models/model/model.json").read_text())
@@ -167,6 +167,19 @@ def test_unreachable_ray_address_is_one_clear_line(monkeypatch):
     with pytest.raises(D2MError, match=r"RAY_ADDRESS=127\.0\.0\.1:\d+: no Ray head answers there") as err:
         init_ray(Train())
     assert time.monotonic() - start < 10 and "\n" not in str(err.value)
+
+
+def test_a_driver_with_the_wrong_ray_token_is_told_what_to_set(stack):
+    """`ray start` turns token auth on. A driver whose token the cluster refuses gets one line
+    naming RAY_AUTH_TOKEN, not Ray's chained traceback (Ray retries once a second, as long as
+    RAY_gcs_server_port_wait_time_s says: 20 tries by default)."""
+    join = "from data2model.params import Train; from data2model.trainers import init_ray; init_ray(Train())"
+    env = {**stack.env(stack.project), "RAY_AUTH_TOKEN": "0" * 64, "RAY_gcs_server_port_wait_time_s": "2"}
+    proc = subprocess.run([str(engines.BIN / "python"), "-c", join], cwd=stack.project, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("data2model.errors.D2MError: RAY_ADDRESS=") and "refused this driver's auth token (RAY_AUTH_MODE=token)" in last, proc.stderr[-3000:]
+    assert "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN to the cluster's token" in last
 
 
 def test_unreachable_tracking_server_is_one_clear_line():

@@ -228,6 +228,20 @@ def test_prefect_yaml_deploys_the_pipeline_to_a_process_pool(stack):
     assert pooled["parameters"] == {}  # the flow reads params.yaml in the worker's checkout
 
 
+def test_d2m_run_in_the_terminal_reports_to_the_server_up_started(stack):
+    """With `d2m up` running, `d2m run` reports to that server instead of a temporary one, so
+    the run shows in the UI, and its console links to it."""
+    before = {r["id"] for r in api(stack, "POST", "/flow_runs/filter", {})}
+    proc = subprocess.run(["d2m", "run", "--flow-always"], cwd=stack.project, env=isolated_env(stack.project), capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert f"Prefect: the server `d2m up` started, {stack.prefect} (the run shows in its UI)" in out
+    assert "temporary API server" not in out
+    (run,) = [r for r in api(stack, "POST", "/flow_runs/filter", {}) if r["id"] not in before]
+    assert run["state_type"] == "COMPLETED" and run["deployment_id"] is None  # this run, not a deployment's
+    assert f"View at {stack.prefect}/runs/flow-run/{run['id']}" in out
+
+
 def test_a_failed_data_gate_ends_the_run_failed_with_the_gate_summary(stack):
     """A run whose declared rule the data breaks: Failed in Prefect, the message names the column
     and the Data Docs, no new version, and params.yaml as committed. Last before `down`: the

@@ -10,6 +10,7 @@ default data, one thread)."""
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from typing import Any
@@ -131,7 +132,9 @@ class Rounds:
             self.flush_mlflow()
         if round_ % _LOG_EVERY == 0:  # progress on the driver's console (Ray forwards worker output)
             shown = ", ".join(f"valid_{m}={v[-1]:.4f}" for m, v in evals_log.get("valid", {}).items())
-            print(f"round {round_}: {shown}", flush=True)
+            # To the process's own stdout: Ray Train's patched print also logs what goes to
+            # sys.stdout, and the driver would show each line twice.
+            print(f"round {round_}: {shown}", file=sys.__stdout__, flush=True)
 
     def flush_mlflow(self) -> None:
         if self.client is not None and self.pending:
