@@ -75,6 +75,10 @@ def _get(url: str, body: dict[str, Any] | None = None) -> Any:
         return json.loads(response.read() or b"null")
 
 
+# What a server that is not (yet) answering HTTP raises at a request.
+_NO_ANSWER = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, json.JSONDecodeError)
+
+
 def wait_for(what: str, ready: Callable[[], bool], proc: subprocess.Popen, log: Path | None, timeout: float, every: float = 0.5) -> None:
     """Poll `ready` until it holds; a process that exits or a timeout is an error showing its
     log (None: its output went to this process's console)."""
@@ -85,7 +89,7 @@ def wait_for(what: str, ready: Callable[[], bool], proc: subprocess.Popen, log: 
         try:
             if ready():
                 return
-        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, json.JSONDecodeError):
+        except _NO_ANSWER:
             pass
         time.sleep(every)
     raise D2MError(f"{what} not ready after {timeout:.0f} s; {_tail(log)}")
@@ -107,21 +111,39 @@ def _drain_prefect_workers(timeout: float = 10) -> None:
     EventsWorker.drain_all(timeout=timeout)
 
 
+def up_server() -> str | None:
+    """The URL of the Prefect server `d2m up` started in this project, if it answers."""
+    server = running_services().get("prefect-server")
+    if server is None:
+        return None
+    try:
+        return server["url"] if _get(f"{server['url']}/api/health") is True else None
+    except _NO_ANSWER:
+        return None
+
+
 @contextlib.contextmanager
 def prefect_api() -> Iterator[Callable[[], None]]:
     """The Prefect API this process's flow runs report to: PREFECT_API_URL (environment or
-    profile) when set, else a temporary API server for this run, stopped when the block ends.
+    profile) when set; else the server `d2m up` started in this project, when it answers, so
+    that the run shows in its UI; else a temporary API server for this run, stopped when the
+    block ends.
 
     The temporary server is the one Prefect's client would start for itself (the same command:
     `prefect.server.api.server:create_app` under uvicorn, no UI, Prefect's settings), on a
     loopback socket bound here; started here, it boots while this process opens MLflow and starts Ray,
     without importing Prefect's server into this process first (1.5 s) as the client does.
     Yields a function that returns once the API answers."""
-    from prefect.context import refresh_global_settings_context
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, get_current_settings
 
     if PREFECT_API_URL.value():
         yield lambda: None
+        return
+    served = up_server()
+    if served:
+        print(f"Prefect: the server `d2m up` started, {served} (the run shows in its UI)", flush=True)
+        with _reporting_to(f"{served}/api", served):
+            yield lambda: None
         return
     env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True), "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
     # The server gets a socket already bound and listening (uvicorn --fd): a port found free
@@ -138,14 +160,30 @@ def prefect_api() -> Iterator[Callable[[], None]]:
     def ready() -> None:
         wait_for("Prefect's temporary API server", lambda: _get(f"{address}/api/health") is True, proc, None, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), every=0.1)
 
-    # In the environment and the process-wide settings, not a settings context, so that every
-    # thread of Prefect's (heartbeats, log and event workers) reports to this server. No UI on
-    # it, so no "View at" link to one (as with Prefect's own temporary server).
+    try:
+        with _reporting_to(f"{address}/api", ""):  # no UI on this server, so no "View at" link to one
+            yield ready
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def _reporting_to(api_url: str, ui_url: str) -> Iterator[None]:
+    """Point this process's Prefect at a server, in the environment and the process-wide
+    settings, not a settings context, so that every thread of Prefect's (heartbeats, log and
+    event workers) reports to it; send the last logs and events before leaving."""
+    from prefect.context import refresh_global_settings_context
+
     saved = {key: os.environ.get(key) for key in ("PREFECT_API_URL", "PREFECT_UI_URL")}
-    os.environ.update({"PREFECT_API_URL": f"{address}/api", "PREFECT_UI_URL": ""})
+    os.environ.update({"PREFECT_API_URL": api_url, "PREFECT_UI_URL": ui_url})
     refresh_global_settings_context()
     try:
-        yield ready
+        yield
         _drain_prefect_workers()
     finally:
         for key, value in saved.items():
@@ -154,12 +192,6 @@ def prefect_api() -> Iterator[Callable[[], None]]:
             else:
                 os.environ[key] = value
         refresh_global_settings_context()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _start(name: str, command: list[str], env: dict[str, str], root: Path) -> tuple[subprocess.Popen, Path]:
