@@ -50,12 +50,6 @@ def compare(expected: pd.DataFrame, served: list[dict[str, Any]], tolerance: flo
     return worst
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(port: int, body: bytes) -> tuple[int, dict[str, Any], float]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     start = time.perf_counter()
@@ -72,10 +66,15 @@ def _post(port: int, body: bytes) -> tuple[int, dict[str, Any], float]:
 
 @contextlib.contextmanager
 def served(version: str, start_timeout_s: float) -> Iterator[int]:
-    """`d2m serve --version` in a subprocess on a free loopback port, stopped on exit."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "data2model.cli", "serve", "--version", version, "--no-log", "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    """`d2m serve --version` in a subprocess on a loopback socket bound here and passed down
+    (`--fd`), stopped on exit. A port found free and released before the server binds it can be
+    taken meanwhile, by Ray's processes for one."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(128)
+        port = listening.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "data2model.cli", "serve", "--version", version, "--no-log", "--fd", str(listening.fileno())],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, pass_fds=(listening.fileno(),))
     try:
         deadline = time.monotonic() + start_timeout_s
         while True:

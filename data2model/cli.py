@@ -101,7 +101,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     params = load_params()
     cfg = params.serve
-    serve(params, args.host or cfg.host, args.port or cfg.port, args.alias or cfg.alias, args.poll_seconds or cfg.poll_seconds, args.version, not args.no_log)
+    serve(params, args.host or cfg.host, args.port or cfg.port, args.alias or cfg.alias, args.poll_seconds or cfg.poll_seconds, args.version, not args.no_log, args.fd)
     return 0
 
 
@@ -230,6 +230,7 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--version", help="serve this one version and follow nothing (what the canary does before a promotion)")
     serve.add_argument("--no-log", action="store_true", help="do not write the inference log (serve.log) for this server")
     serve.add_argument("--poll-seconds", type=float, help="how often to check where the alias points (default serve.poll_seconds)")
+    serve.add_argument("--fd", type=int, help="serve on this inherited, already listening socket instead of --host/--port (socket activation; the canary uses it)")
     serve.set_defaults(func=_serve)
     score = sub.add_parser(
         "score",

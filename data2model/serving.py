@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -170,8 +172,10 @@ def create_app(slot: AliasSlot, max_rows: int, max_bytes: int, inference_log: In
     return app
 
 
-def serve(params, host: str, port: int, alias: str | None, poll_seconds: float, version: str | None = None, log_requests: bool = True) -> None:
-    """Load the alias's version (or the pinned `version`), then serve until interrupted."""
+def serve(params, host: str, port: int, alias: str | None, poll_seconds: float, version: str | None = None, log_requests: bool = True,
+          fd: int | None = None) -> None:
+    """Load the alias's version (or the pinned `version`), then serve until interrupted: on
+    host:port, or on the listening socket `fd` a parent process bound and passed down."""
     import mlflow
     import uvicorn
 
@@ -185,5 +189,11 @@ def serve(params, host: str, port: int, alias: str | None, poll_seconds: float, 
     inference_log = InferenceLog(params.serve.log) if params.serve.log.enabled and log_requests else None
     app = create_app(slot, params.serve.max_rows, int(params.serve.max_body_mb * 1024 * 1024), inference_log)
     following = f"following @{alias} every {poll_seconds:g} s" if slot.alias else "pinned: the alias is not followed"
+    if fd is not None:
+        with socket.socket(fileno=os.dup(fd)) as inherited:
+            host, port = inherited.getsockname()[:2]
     print(f"serving {name} version {slot.current.version} on http://{host}:{port}  (POST /invocations, GET /ping, GET /version); {following}", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    if fd is None:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    else:
+        uvicorn.run(app, fd=fd, log_level="warning")

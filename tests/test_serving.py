@@ -218,6 +218,20 @@ mlflow.models.set_model(AnswersPerProcess())
 """
 
 
+def test_the_canary_serves_on_a_socket_it_bound_itself(served_project, monkeypatch):
+    """The canary binds a loopback socket and passes it to `d2m serve --fd`: no window between
+    finding a port free and binding it in which another process could take it."""
+    from data2model.canary import served
+
+    champion = registry(served_project).get_model_version_by_alias(MODEL, "champion").version
+    monkeypatch.chdir(served_project)
+    with served(str(champion), 120) as port:
+        status, _, doc = call(port, "/version")
+    assert status == 200 and doc["version"] == str(champion) and doc["alias"] is None  # pinned, as the canary runs it
+    with pytest.raises(OSError):
+        call(port, "/ping")  # stopped with the block
+
+
 @pytest.mark.parametrize(
     ("artifacts", "words"),
     [("kept", "probability differs from in-process predict"), ("lost", "does not load"), ("raising", "fails in-process predict on its holdout rows: ZeroDivisionError")],
