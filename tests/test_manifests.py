@@ -73,7 +73,7 @@ def test_raycluster_has_cpu_and_gpu_groups_with_valid_pod_templates():
 
 def workspace_path(pod_spec: dict) -> str:
     """Where a pod mounts the shared workspace claim: the driver's Job and the Ray pods must
-    agree, because Ray Data's read tasks open the driver's paths."""
+    agree, because the training workers import the project's code from the driver's folder."""
     (claim,) = [doc for doc in by_kind("PersistentVolumeClaim")]
     (volume,) = [v["name"] for v in pod_spec["volumes"] if v["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]]
     (mount,) = [m["mountPath"] for m in pod_spec["containers"][0]["volumeMounts"] if m["name"] == volume]
