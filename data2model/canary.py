@@ -65,18 +65,20 @@ def _post(port: int, body: bytes) -> tuple[int, dict[str, Any], float]:
 
 
 @contextlib.contextmanager
-def served(version: str, start_timeout_s: float) -> Iterator[int]:
-    """`d2m serve --version` in a subprocess on a loopback socket bound here and passed down
-    (`--fd`), stopped on exit. A port found free and released before the server binds it can be
-    taken meanwhile, by Ray's processes for one."""
+def served(version: str, start_timeout_s: float) -> Iterator[Callable[[], int]]:
+    """`d2m serve --version` started in a subprocess on a loopback socket bound here and passed
+    down (`--fd`), stopped on exit. Yields `ready()`, which waits for the server's /ping and
+    returns its port: the caller works while the server starts. A port found free and released
+    before the server binds it can be taken meanwhile, by Ray's processes for one."""
     with socket.socket() as listening:
         listening.bind(("127.0.0.1", 0))
         listening.listen(128)
         port = listening.getsockname()[1]
         proc = subprocess.Popen([sys.executable, "-m", "data2model.cli", "serve", "--version", version, "--no-log", "--fd", str(listening.fileno())],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, pass_fds=(listening.fileno(),))
-    try:
-        deadline = time.monotonic() + start_timeout_s
+    deadline = time.monotonic() + start_timeout_s
+
+    def ready() -> int:
         while True:
             if proc.poll() is not None:
                 raise CanaryFailed(f"the server exited {proc.returncode} before answering: {proc.stderr.read().strip()[-800:]}")
@@ -84,13 +86,15 @@ def served(version: str, start_timeout_s: float) -> Iterator[int]:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
                 conn.request("GET", "/ping")
                 if conn.getresponse().status == 200:
-                    break
+                    return port
             except OSError:
                 pass
             if time.monotonic() > deadline:
                 raise CanaryFailed(f"the server did not answer /ping within {start_timeout_s:g} s")
             time.sleep(0.25)
-        yield port
+
+    try:
+        yield ready
     finally:
         proc.terminate()
         try:
@@ -99,13 +103,13 @@ def served(version: str, start_timeout_s: float) -> Iterator[int]:
             proc.kill()
 
 
-def run_canary(params: Params, name: str, version: str) -> dict[str, Any]:
-    """Serve `version`, check its answers and latency; the result goes into the audit event."""
+def _in_process(params: Params, name: str, version: str) -> tuple[list[dict[str, Any]], dict[str, bytes], dict[str, pd.DataFrame]]:
+    """Load `version` here and predict the canary's requests with it: (holdout rows, request
+    bodies, expected predictions per request)."""
     from data2model.serving import load_version
     from data2model.tables import read_table
 
     cfg = params.register.canary
-    started = time.perf_counter()
     try:
         loaded = load_version(name, version)
     except Exception as err:  # a version that cannot load is exactly what the canary is for
@@ -125,7 +129,18 @@ def run_canary(params: Params, name: str, version: str) -> dict[str, Any]:
             expected[what] = loaded.model.predict(request_frame(body, JSON, loaded.fields, len(requests[what])))
         except Exception as err:  # a candidate that cannot predict its own rows in-process
             raise CanaryFailed(f"version {version} fails in-process predict on its {what}: {type(err).__name__}: {err}") from None
-    with served(version, cfg.start_timeout_s) as port:
+    return rows, bodies, expected
+
+
+def run_canary(params: Params, name: str, version: str) -> dict[str, Any]:
+    """Serve `version`, check its answers and latency; the result goes into the audit event.
+    The server starts (a new process: imports, model load) while this process loads the same
+    version and predicts in-process: on two cores the two overlap."""
+    cfg = params.register.canary
+    started = time.perf_counter()
+    with served(version, cfg.start_timeout_s) as ready:
+        rows, bodies, expected = _in_process(params, name, version)
+        port = ready()
         worst = 0.0
         for what, body in bodies.items():
             status, doc, _ = _post(port, body)

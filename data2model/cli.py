@@ -7,9 +7,11 @@ usage or params.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -317,5 +319,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The `d2m` command: `main`, then the exit a finished interpreter makes, less its teardown.
+
+    Non-daemon threads are joined and atexit handlers run (log handlers flushed, MLflow's runs
+    ended, Ray shut down), as at any exit; then the process ends without finalising every module
+    it imported. For `d2m run` that teardown (MLflow, Prefect, Ray, great-expectations, pandas,
+    ...) took 2.2 s after the summary was printed, doing nothing a user could see."""
+    code = main()
+    threading._shutdown()  # what the interpreter does first at exit; private, so it is looked up in a test
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

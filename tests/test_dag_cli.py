@@ -74,6 +74,33 @@ def test_no_command_is_a_usage_error(tmp_path):
     assert "COMMAND" in proc.stderr
 
 
+def test_the_command_exits_with_mains_code_after_its_threads_atexit_handlers_and_output(tmp_path):
+    """`d2m` ends without the interpreter's module teardown; what a normal exit does before it
+    still happens: non-daemon threads finish, atexit handlers run, buffered output arrives."""
+    script = f"""
+import atexit, threading, time
+from pathlib import Path
+import data2model.cli as cli
+
+def main():
+    def late():
+        time.sleep(0.5)
+        Path({str(tmp_path / "thread")!r}).write_text("done")
+    threading.Thread(target=late).start()
+    atexit.register(lambda: Path({str(tmp_path / "atexit")!r}).write_text("ran"))
+    for i in range(20000):
+        print(f"line {{i}}")
+    return 3
+
+cli.main = main
+cli.entry()
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "line 19999" and len(proc.stdout.splitlines()) == 20000
+    assert (tmp_path / "thread").read_text() == "done" and (tmp_path / "atexit").read_text() == "ran"
+
+
 def test_malformed_override_is_a_usage_error(workdir):
     proc = d2m("run", "--set", "nonsense", cwd=workdir)
     assert proc.returncode == 2

@@ -225,7 +225,8 @@ def test_the_canary_serves_on_a_socket_it_bound_itself(served_project, monkeypat
 
     champion = registry(served_project).get_model_version_by_alias(MODEL, "champion").version
     monkeypatch.chdir(served_project)
-    with served(str(champion), 120) as port:
+    with served(str(champion), 120) as ready:
+        port = ready()
         status, _, doc = call(port, "/version")
     assert status == 200 and doc["version"] == str(champion) and doc["alias"] is None  # pinned, as the canary runs it
     with pytest.raises(OSError):
