@@ -327,7 +327,7 @@ def entry() -> None:
     it imported. For `d2m run` that teardown (MLflow, Prefect, Ray, great-expectations, pandas,
     ...) took 2.2 s after the summary was printed, doing nothing a user could see."""
     code = main()
-    threading._shutdown()  # what the interpreter does first at exit; private, so it is looked up in a test
+    threading._shutdown()  # what the interpreter does first at exit; private (docs/operations.md)
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
