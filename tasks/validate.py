@@ -11,7 +11,6 @@ the Data Docs site under paths.data_docs shows every run.
 paths.raw is read one record batch (`data.batch_rows`) at a time: exact counts over every row
 in pyarrow, great-expectations on a seeded sample of at most `validate.gx_sample_rows` rows (the
 whole table below it), so memory is bounded by the batch and the sample, not by the input.
-great-expectations is imported and its suite built in a thread while the rows stream.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import logging
 import shutil
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -106,26 +104,15 @@ def _context(data_docs_dir: Path) -> Any:
 SAMPLE_SEED = 0  # the great-expectations sample is the same rows for the same input
 
 
-@dataclass(frozen=True)
-class Suite:
-    """The contract's great-expectations suite, ready to run on a sample: its checkpoint updates
-    the Data Docs site."""
-
-    context: Any
-    suite: Any
-    checkpoint: Any
-
-
-def _suite(contract: dict[str, Any], declared: Validate, target: str, columns: list[str], data_docs_dir: Path) -> Suite:
-    """Import great-expectations and build the suite for a table with `columns`. Neither needs
-    the rows, so `Gate` does this in a thread while it streams them (the import alone is about
-    2.3 s of CPU, most of it while the stream waits on pyarrow, which releases the GIL)."""
+def _great_expectations(table: pa.Table, contract: dict[str, Any], declared: Validate, target: str, data_docs_dir: Path) -> tuple[list[Any], int, str | None]:
+    """Run the suite on `table` and build its Data Docs page: (results in suite order, expectations
+    evaluated, the page's URL)."""
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
 
     context = _context(data_docs_dir)
     batch = context.data_sources.add_pandas("raw").add_dataframe_asset("table").add_batch_definition_whole_dataframe("whole")
-    suite = context.suites.add(gx.ExpectationSuite(name="contract", expectations=expectations(contract, declared, target, columns)))
+    suite = context.suites.add(gx.ExpectationSuite(name="contract", expectations=expectations(contract, declared, target, table.column_names)))
     definition = context.validation_definitions.add(gx.ValidationDefinition(name="raw", data=batch, suite=suite))
     checkpoint = context.checkpoints.add(
         gx.Checkpoint(
@@ -135,16 +122,10 @@ def _suite(contract: dict[str, Any], declared: Validate, target: str, columns: l
             result_format={"result_format": "SUMMARY"},
         )
     )
-    return Suite(context, suite, checkpoint)
-
-
-def _great_expectations(prepared: Suite, table: pa.Table) -> tuple[list[Any], int, str | None]:
-    """Run the suite on `table` and build its Data Docs page: (results in suite order, expectations
-    evaluated, the page's URL)."""
-    outcome = prepared.checkpoint.run(batch_parameters={"dataframe": to_pandas(table)})
+    outcome = checkpoint.run(batch_parameters={"dataframe": to_pandas(table)})
     [(key, result)] = outcome.run_results.items()
-    position = {e.id: i for i, e in enumerate(prepared.suite.expectations)}
-    pages = prepared.context.get_docs_sites_urls(resource_identifier=key, site_names=[SITE])
+    position = {e.id: i for i, e in enumerate(suite.expectations)}
+    pages = context.get_docs_sites_urls(resource_identifier=key, site_names=[SITE])
     ordered = sorted(result.results, key=lambda r: position[r.expectation_config.id])
     return ordered, result.statistics["evaluated_expectations"], pages[0]["site_url"] if pages else None
 
@@ -153,18 +134,14 @@ class Gate:
     """One validation, streamed: `split` each record batch (rows that continue, rows set aside),
     then `report`. Exact checks count over every row that continues (`ExactCounts`, `DriftCounts`);
     great-expectations checks a seeded uniform sample of at most `validate.gx_sample_rows` of them
-    (all of them below it) and builds the Data Docs in `data_docs_dir`. Where the two disagree, the
-    exact count wins. Memory: one batch, the counters and the sample."""
+    (all of them below it) and builds the Data Docs. Where the two disagree, the exact count wins.
+    Memory: one batch, the counters and the sample."""
 
-    def __init__(self, contract: dict[str, Any], declared: Validate, data: Data, schema: pa.Schema, total_rows: int, data_docs_dir: str | Path) -> None:
+    def __init__(self, contract: dict[str, Any], declared: Validate, data: Data, schema: pa.Schema, total_rows: int) -> None:
         duplicated = sorted({c for c in schema.names if schema.names.count(c) > 1})
         if duplicated:
             raise DataError(f"columns {duplicated} appear more than once: give every column its own name")
         self.contract, self.declared, self.data, self.schema = contract, declared, data, schema
-        self.data_docs_dir = Path(data_docs_dir)
-        pool = ThreadPoolExecutor(1, thread_name_prefix="d2m-great-expectations")
-        self.suite = pool.submit(_suite, contract, declared, data.target, schema.names, self.data_docs_dir)
-        pool.shutdown(wait=False)  # the thread ends with its one task
         rules = row_rules(contract, declared, data.target, schema.names)
         self.split_rules = [r for r in rules if declared.severity_of(r.check, r.column) == "error"] if declared.on_row_failure == "quarantine" else []
         self.exact = ExactCounts(rules, schema, declared, data)
@@ -188,11 +165,12 @@ class Gate:
         self.sample.append(thinned(clean, self.keep, self.rng))
         return clean, quarantined
 
-    def report(self) -> ValidationReport:
+    def report(self, data_docs_dir: str | Path) -> ValidationReport:
         """The report over every row split so far; great-expectations runs here, on the sample."""
+        data_docs_dir = Path(data_docs_dir)
         sample = pa.concat_tables(self.sample) if self.sample else self.schema.empty_table()
         self.sample = []
-        results, evaluated, page = _great_expectations(self.suite.result(), sample)
+        results, evaluated, page = _great_expectations(sample, self.contract, self.declared, self.data.target, data_docs_dir)
         checks = [c for r in results if (c := self._failure(r, sample.num_rows)) is not None]
         psi = self.drift.psi()
         threshold = self.declared.drift_threshold
@@ -202,7 +180,7 @@ class Gate:
         failed = [c for c in checks if c["severity"] == "error"]
         report = ValidationReport(
             success=not failed, rows=self.exact.rows, evaluated_expectations=evaluated, failed=failed,
-            warnings=[c for c in checks if c["severity"] == "warn"], drift=psi, data_docs=str(self.data_docs_dir / "index.html"),
+            warnings=[c for c in checks if c["severity"] == "warn"], drift=psi, data_docs=str(data_docs_dir / "index.html"),
             gx_rows=sample.num_rows, page=page,
         )
         if self.split_rules:
@@ -257,11 +235,11 @@ def gate(table: pa.Table, contract: dict[str, Any], declared: Validate, target: 
     """(report, rows that continue, quarantined rows) of a table in memory. With
     `on_row_failure: quarantine`, rows that break a blocking row-level rule are set aside and the
     rest is validated; too many set aside blocks the batch."""
-    checker = Gate(contract, declared, Data(target=target, label_rule=None), table.schema, table.num_rows, data_docs_dir)
+    checker = Gate(contract, declared, Data(target=target, label_rule=None), table.schema, table.num_rows)
     parts = [checker.split(batch) for batch in table.to_batches()]
     clean = pa.concat_tables([table.slice(0, 0), *(c for c, _ in parts)])
     quarantined = pa.concat_tables([no_rows(table), *(q for _, q in parts)])
-    return checker.report(), clean, quarantined
+    return checker.report(data_docs_dir), clean, quarantined
 
 
 def validate_table(table: pa.Table, contract: dict[str, Any], declared: Validate, target: str, data_docs_dir: str | Path) -> ValidationReport:
@@ -346,14 +324,14 @@ def run(params: Params) -> dict[str, Any]:
     source = parquet_file(paths.raw)
     contract = load_or_profile(paths.raw, paths.contract)
     start = time.perf_counter()
-    checker = Gate(contract, params.validate, params.data, source.schema_arrow, source.metadata.num_rows, paths.data_docs)
+    checker = Gate(contract, params.validate, params.data, source.schema_arrow, source.metadata.num_rows)
     with passed_rows(paths.validated, paths.raw, source.schema_arrow, params.data.batch_rows) as clean, parquet_writer(paths.quarantine, no_rows(source.schema_arrow.empty_table()).schema) as quarantined:
         for batch in source.iter_batches(batch_size=params.data.batch_rows):
             kept, set_aside = checker.split(batch)
             clean.add(kept, whole=not set_aside.num_rows)
             if set_aside.num_rows:  # an empty row group per batch would bloat the footer
                 quarantined.write_table(set_aside)
-        report = checker.report()
+        report = checker.report(paths.data_docs)
         log.info("%d expectations on %d sampled rows, exact checks and drift on %d rows in %.1f s; Data Docs: %s", report.evaluated_expectations, report.gx_rows, report.rows, time.perf_counter() - start, report.page)
         warnings = [f"{w['column'] or 'table'}: {w['message']}" for w in report.warnings]
         for warning in warnings:
