@@ -5,11 +5,12 @@ BIN := $(abspath $(VENV))/bin
 # dvc.yaml's stage commands call `python`: make it the project's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help run test repro install install-dev clean
+.PHONY: help run test test-engines repro install install-dev clean
 
 help:
 	@echo "make run      create .venv, install, run the pipeline (Prefect flow over dvc.yaml)"
-	@echo "make test     create .venv with dev extras, run the test suite"
+	@echo "make test     create .venv with dev extras, run the test suite (what CI runs)"
+	@echo "make test-engines  the tests on the scale-out stack: Ray cluster, PostgreSQL, S3 API, MLflow server"
 	@echo "make repro    run the same DAG with plain 'dvc repro'"
 	@echo "make clean    remove generated data, models, reports and the local MLflow store"
 
@@ -30,7 +31,10 @@ run: install
 	$(BIN)/d2m run
 
 test: install-dev
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not engines"
+
+test-engines: install-dev
+	$(BIN)/python -m pytest -m engines
 
 repro: install
 	$(BIN)/dvc repro

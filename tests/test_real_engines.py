@@ -75,6 +75,7 @@ def stack(tmp_path_factory):
         yield stack
 
 
+@pytest.mark.engines
 def test_training_joined_the_external_ray_cluster(stack):
     state = engines.ray_state(stack.ray)
     head, worker = sorted(state["nodes"], key=lambda n: n["cpus"])
@@ -86,6 +87,7 @@ def test_training_joined_the_external_ray_cluster(stack):
     assert json.loads((stack.project / "reports/metrics.json").read_text())["auc"] > 0.55
 
 
+@pytest.mark.engines
 def test_registry_on_postgres_alias_load_and_serve(stack):
     import mlflow
     import psycopg2
@@ -135,6 +137,7 @@ def nothing_to_rerun(stack: Stack, clone: Path, remote: str) -> None:
         assert (clone / path).read_bytes() == (stack.project / path).read_bytes()
 
 
+@pytest.mark.engines
 def test_dvc_s3_remote_push_then_fresh_clone_pulls_with_nothing_to_rerun(stack, tmp_path):
     stack.run(["dvc", "remote", "add", "s3", "s3://dvc/data2model"])  # the URL is committed; the endpoint and keys come from the environment
     sh(["git", "commit", "-qam", "an S3 remote"], stack.project)
@@ -147,6 +150,7 @@ def test_dvc_s3_remote_push_then_fresh_clone_pulls_with_nothing_to_rerun(stack, 
     nothing_to_rerun(stack, clone, "s3")
 
 
+@pytest.mark.engines
 def test_dvc_folder_remote_push_then_fresh_clone_pulls_with_nothing_to_rerun(stack, tmp_path):
     store = tmp_path / "shared-store"
     stack.run(["dvc", "remote", "modify", "--local", "local", "url", str(store)])
@@ -169,6 +173,7 @@ def test_unreachable_ray_address_is_one_clear_line(monkeypatch):
     assert time.monotonic() - start < 10 and "\n" not in str(err.value)
 
 
+@pytest.mark.engines
 def test_a_driver_with_the_wrong_ray_token_is_told_what_to_set(stack):
     """`ray start` turns token auth on. A driver whose token the cluster refuses gets one line
     naming RAY_AUTH_TOKEN, not Ray's chained traceback (Ray retries once a second, as long as
