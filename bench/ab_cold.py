@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import isolated_env, make_project_copy  # noqa: E402
+from tests.conftest import commit_as_clone, isolated_env, make_project_copy  # noqa: E402
 
 STAGE_DONE = re.compile(r"Task run '(\w+)' - Finished in state")
 
@@ -41,10 +41,7 @@ def copy_of_revision(rev: str, dest: Path) -> Path:
     archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(dest, filter="data")
-    env = isolated_env(dest)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", f"copy of {rev}"]):
-        subprocess.run(cmd, cwd=dest, env=env, check=True)
-    return dest
+    return commit_as_clone(dest, f"copy of {rev}")
 
 
 def timed_lines(cmd: list[str], cwd: Path) -> tuple[float, list[tuple[float, str]]]:

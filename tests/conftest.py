@@ -44,8 +44,13 @@ def make_project_copy(dest: Path) -> Path:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, target)
+    return commit_as_clone(dest, "copy")
+
+
+def commit_as_clone(dest: Path, message: str) -> Path:
+    """Commit the files at `dest` in a fresh git repo there, as a clone would have them."""
     env = isolated_env(dest)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", message]):
         subprocess.run(cmd, cwd=dest, env=env, check=True)
     return dest
 
