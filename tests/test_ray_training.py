@@ -217,6 +217,19 @@ def test_same_seed_and_data_give_the_same_model(ray_cluster, tracking_uri, tmp_p
     assert scores[0] == pytest.approx(scores[1], abs=1e-6)
 
 
+def test_use_gpu_without_a_gpu_is_a_clear_error_not_a_wait(ray_cluster):
+    """Ray Train would queue a GPU worker on a cluster with no GPU forever; the driver says so."""
+    import ray
+
+    from data2model.errors import D2MError
+    from data2model.trainers import init_ray
+
+    assert ray.cluster_resources().get("GPU", 0) == 0
+    init_ray(Train(num_workers=2))  # the same cluster is fine without GPUs
+    with pytest.raises(D2MError, match=r"train.use_gpu is true .*num_workers=2 needs a GPU each, but Ray sees 0 GPU"):
+        init_ray(Train(num_workers=2, use_gpu=True))
+
+
 def test_run_name_follows_what_shapes_the_model(tmp_path):
     for part, content in (("train", b"t"), ("valid", b"v"), ("pre", b"p")):
         (tmp_path / part).write_bytes(content)

@@ -91,11 +91,19 @@ def init_ray(params: Train) -> None:
             if not address:
                 raise
             raise D2MError(join_failed(address, err)) from None
-    available = ray.cluster_resources().get("CPU", 0)
+    resources = ray.cluster_resources()
+    available = resources.get("CPU", 0)
     if available < needed:
         raise D2MError(
             f"Ray has {available:g} CPUs; train.num_workers={params.num_workers} x train.cpus_per_worker="
             f"{params.cpus_per_worker} needs {needed}: lower them or add nodes"
+        )
+    # Ray Train would wait for GPUs that never come, without a word.
+    gpus = resources.get("GPU", 0)
+    if params.use_gpu and gpus < params.num_workers:
+        raise D2MError(
+            f"train.use_gpu is true and train.num_workers={params.num_workers} needs a GPU each, but Ray sees {gpus:g} GPU(s): "
+            "set train.use_gpu: false, or join a cluster with GPUs (RAY_ADDRESS)"
         )
 
 
