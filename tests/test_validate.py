@@ -254,6 +254,45 @@ def test_stage_profiles_once_then_blocks_a_bad_batch(tmp_path):
     assert report["failed"][0]["sample_values"] == ["BOS"] * 5
 
 
+def test_great_expectations_in_its_own_process_agrees_with_this_process(tmp_path):
+    """The stage's child process samples the Parquet file as the in-memory path samples the
+    table (same seed, same rows, quarantined rows left out) and gets the same results."""
+    from data2model.params import Data
+    from tasks.validate import Gate
+
+    table = pa.concat_tables([good_table()] * 5)
+    table = replace(table, "origin", pa.array(["BOS"] + ["JFK"] * (table.num_rows - 1)))
+    write_table(table, tmp_path / "raw.parquet")
+    rules = declared(on_row_failure="quarantine", max_quarantine_fraction=0.5, gx_sample_rows=60)
+    checker = Gate(profile(good_table()), rules, Data(target=TARGET, label_rule=None), table.schema)
+    here = checker.great_expectations_here(tmp_path / "docs_here", table)
+    with checker.great_expectations(tmp_path / "docs_child", tmp_path / "raw.parquet") as gx:
+        child = gx.outcome()
+    assert here.rows == child.rows and 55 <= child.rows < 60  # 60 drawn of 100, the BOS row among them or not
+    assert [(r.type, r.kwargs.get("column"), r.success) for r in child.results] == [(r.type, r.kwargs.get("column"), r.success) for r in here.results]
+    assert child.evaluated == here.evaluated and child.page and (tmp_path / "docs_child" / "index.html").exists()
+
+
+def test_a_great_expectations_process_that_fails_or_dies_is_a_clear_error(tmp_path):
+    import signal
+
+    from data2model.errors import DataError
+    from data2model.params import Data
+    from tasks.validate import Gate
+
+    checker = Gate(profile(good_table()), declared(), Data(target=TARGET, label_rule=None), good_table().schema)
+    with checker.great_expectations(tmp_path / "docs", tmp_path / "missing.parquet") as gx:
+        with pytest.raises(DataError, match="missing.parquet does not exist") as raised:
+            gx.outcome()
+    assert any("in the great-expectations process" in note for note in raised.value.__notes__)
+    write_table(good_table(), tmp_path / "raw.parquet")
+    with checker.great_expectations(tmp_path / "docs", tmp_path / "raw.parquet") as gx:
+        gx.process.send_signal(signal.SIGKILL)
+        with pytest.raises(DataError, match=r"great-expectations process stopped \(exit code -9\) before it validated the sample"):
+            gx.outcome()
+    assert gx.process.returncode == -9
+
+
 def test_committed_contract_agrees_with_declared_rules():
     """The declared rules in params.yaml must hold on the data the contract was profiled from."""
     path = ROOT / "contracts" / "nycflights13.json"
