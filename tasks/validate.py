@@ -42,6 +42,7 @@ from data2model.tables import atomic_path, parquet_file, parquet_writer, read_js
 log = logging.getLogger("data2model.validate")
 
 SITE = "data2model"
+ROOT = Path(__file__).resolve().parents[1]  # the project: where the great-expectations process imports this module from
 
 
 @dataclass(frozen=True)
@@ -229,8 +230,6 @@ class GxProcess:
             raise value
         return value
 
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _send(sock: Any, value: Any) -> None:
