@@ -7,16 +7,16 @@ usage or params.
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import sys
-import threading
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from data2model.errors import D2MError, ParamsError
 from data2model.params import check_overrides, load_params, parse_override
+from data2model.stage import finish
 
 PREFECT_DEFAULTS = {
     "PREFECT_LOGGING_EXTRA_LOGGERS": "data2model",
@@ -319,19 +319,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def entry() -> None:
-    """The `d2m` command: `main`, then the exit a finished interpreter makes, less its teardown.
-
-    Non-daemon threads are joined and atexit handlers run (log handlers flushed, MLflow's runs
-    ended, Ray shut down), as at any exit; then the process ends without finalising every module
-    it imported. For `d2m run` that teardown (MLflow, Prefect, Ray, great-expectations, pandas,
-    ...) took 2.2 s after the summary was printed, doing nothing a user could see."""
-    code = main()
-    threading._shutdown()  # what the interpreter does first at exit; private (docs/operations.md)
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+def entry() -> NoReturn:
+    """The `d2m` command: `main`, then the exit a finished interpreter makes, less its teardown
+    (`stage.finish`)."""
+    finish(main())
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from data2model.contract import SAMPLES, RowRule, row_bounds
 from data2model.errors import DataError
 from data2model.params import Data, Validate
 from data2model.preprocess import LABEL, derive_label
-from data2model.quarantine import applies, rule_mask
+from data2model.quarantine import applies, may_break, rule_mask
 
 # The expectation type that checks each row-level rule.
 RULE_EXPECTATION = {
@@ -67,6 +67,8 @@ class ExactCounts:
         for name in self.nulls:
             self.nulls[name] += _null_count(batch.column(name))
         for rule in self.rules:
+            if not may_break(batch.column(rule.column), rule):
+                continue
             mask = rule_mask(batch.column(rule.column), rule)
             count = int(mask.sum())
             if count:
@@ -81,7 +83,8 @@ class ExactCounts:
             self.target |= set(pc.unique(batch.column(self.data.target).drop_null()).slice(0, 2).to_pylist())
         if not self.label_error:
             try:
-                labelled, _ = derive_label(pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch, self.data, ["0", "1"])
+                target = batch.select([self.data.target])  # the label needs no other column
+                labelled, _ = derive_label(pa.Table.from_batches([target]) if isinstance(target, pa.RecordBatch) else target, self.data, ["0", "1"])
             except DataError:  # an unusable target is already a failed check of the suite
                 self.label_error = True
                 return

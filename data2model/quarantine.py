@@ -35,6 +35,21 @@ def _scalar(value: Any, column_type: pa.DataType) -> pa.Scalar:
     return pa.scalar(value, column_type if pa.types.is_timestamp(column_type) else pa.float64())
 
 
+def may_break(column: pa.ChunkedArray | pa.Array, rule: RowRule) -> bool:
+    """False when no row of `column` can break `rule`, known from its null count or its min and
+    max (one pass, no mask): most batches break no rule, and building every rule's mask was a
+    fifth of validate's exact pass at 10x."""
+    if rule.check == "nulls":
+        return column.null_count > 0 or pa.types.is_floating(column.type)  # NaN counts as null
+    if rule.check == "range":
+        low, high = pc.min_max(column).values()  # nulls and NaN skipped, as the mask skips them
+        if not low.is_valid:
+            return False
+        below = rule.low is not None and pc.less(low, _scalar(rule.low, column.type)).as_py()
+        return bool(below or (rule.high is not None and pc.greater(high, _scalar(rule.high, column.type)).as_py()))
+    return True
+
+
 def rule_mask(column: pa.ChunkedArray, rule: RowRule) -> np.ndarray:
     """True for each row that breaks `rule`; a null breaks only the `nulls` rule."""
     if rule.check == "nulls":
@@ -52,7 +67,7 @@ def row_failures(table: pa.Table, rules: list[RowRule]) -> list[tuple[RowRule, n
     """Each applicable rule that some row breaks, with its mask, in rule order."""
     out = []
     for rule in rules:
-        if rule.column in table.column_names and applies(rule, table[rule.column].type):
+        if rule.column in table.column_names and applies(rule, table[rule.column].type) and may_break(table[rule.column], rule):
             mask = rule_mask(table[rule.column], rule)
             if mask.any():
                 out.append((rule, mask))

@@ -7,11 +7,14 @@ core, write outputs atomically, return a small summary) and ends with
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from data2model.errors import D2MError
 from data2model.params import Params, load_params
@@ -28,7 +31,21 @@ def configure_logging() -> None:
         log.propagate = False
 
 
-def main(run: Callable[[Params], dict[str, Any]]) -> None:
+def finish(code: int) -> NoReturn:
+    """End the process as a finished interpreter does, less its teardown.
+
+    Non-daemon threads are joined and atexit handlers run (log handlers flushed, MLflow's runs
+    ended, Ray shut down), as at any exit; then the process ends without finalising every module
+    it imported, which does nothing a user could see: 2.2 s after `d2m run`'s summary (MLflow,
+    Prefect, Ray, great-expectations, pandas, ...), about 0.2 s after a data stage's."""
+    threading._shutdown()  # what the interpreter does first at exit; private (docs/operations.md)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def main(run: Callable[[Params], dict[str, Any]]) -> NoReturn:
     """Entry point of a stage under `dvc repro`: exit 1 with the message on a user error."""
     configure_logging()
     start = time.perf_counter()
@@ -36,5 +53,6 @@ def main(run: Callable[[Params], dict[str, Any]]) -> None:
         summary = run(load_params())
     except D2MError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        finish(1)
     log.info("done in %.1f s: %s", time.perf_counter() - start, summary)
+    finish(0)

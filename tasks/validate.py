@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -36,7 +36,7 @@ from data2model.errors import DataError, ValidationFailed
 from data2model.exact import ExactCounts
 from data2model.params import Data, Params, Validate
 from data2model.quarantine import no_rows, split_rows
-from data2model.stage import main
+from data2model.stage import finish, main
 from data2model.tables import atomic_path, parquet_file, parquet_writer, read_json, read_table, write_json
 
 log = logging.getLogger("data2model.validate")
@@ -255,9 +255,10 @@ def _receive(sock: Any) -> Any:
     return pickle.loads(exactly(int.from_bytes(exactly(8), "big")))
 
 
-def _gx_child(fd: int) -> None:
-    """GxProcess's child: build the suite, read the sample, validate it, and hand back the
-    outcome (or the exception)."""
+def _gx_child(fd: int) -> NoReturn:
+    """GxProcess's child: build the suite, read the sample, validate it, hand back the outcome
+    (or the exception) and end the process (`finish`: the parent waits for it, and
+    great-expectations' module teardown is no use to anyone)."""
     import pickle
     import socket
     import traceback
@@ -278,6 +279,7 @@ def _gx_child(fd: int) -> None:
             pass  # the parent is gone
     finally:
         sock.close()
+    finish(0)
 
 
 class Gate:

@@ -101,6 +101,34 @@ cli.entry()
     assert (tmp_path / "thread").read_text() == "done" and (tmp_path / "atexit").read_text() == "ran"
 
 
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_stage_process_exits_after_its_threads_atexit_handlers_and_log(tmp_path, fails):
+    """A stage under `dvc repro` ends as `d2m` does (`stage.finish`): 0 after its summary, 1
+    with the message on a user error, its threads, atexit handlers and output done first."""
+    script = f"""
+import atexit, threading, time
+from pathlib import Path
+from data2model.errors import DataError
+from data2model.stage import main
+
+def run(params):
+    def late():
+        time.sleep(0.5)
+        Path({str(tmp_path / "thread")!r}).write_text("done")
+    threading.Thread(target=late).start()
+    atexit.register(lambda: Path({str(tmp_path / "atexit")!r}).write_text("ran"))
+    if {fails}:
+        raise DataError("the batch is bad")
+    return {{"rows": 3}}
+
+main(run)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == (1 if fails else 0), proc.stderr
+    assert proc.stderr.rstrip().endswith("error: the batch is bad" if fails else "{'rows': 3}"), proc.stderr
+    assert (tmp_path / "thread").read_text() == "done" and (tmp_path / "atexit").read_text() == "ran"
+
+
 def test_malformed_override_is_a_usage_error(workdir):
     proc = d2m("run", "--set", "nonsense", cwd=workdir)
     assert proc.returncode == 2

@@ -346,6 +346,56 @@ def test_a_violation_outside_the_great_expectations_sample_is_caught_exactly(tmp
     assert validate_table(table, accepted, Validate(gx_sample_rows=200, drift_threshold=10), "id", tmp_path / "docs").success
 
 
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int32", "int64", "uint64"])
+def test_integer_bin_counts_equal_a_binary_search_per_value(dtype):
+    """Drift's per-value counting of integers (narrow spans) gives exactly the counts of a binary
+    search per value over the float edges, as wide spans and floats still use."""
+    import numpy as np
+
+    from data2model.drift import bin_counts
+
+    rng = np.random.default_rng(7)
+    info = np.iinfo(dtype)
+    low, high = max(int(info.min), -3000), min(int(info.max), 3000)
+    for trial in range(60):
+        span = 40 if trial % 2 else high - low  # narrow: counted per value; wide: searched
+        values = rng.integers(low, low + span, size=int(rng.integers(1, 2000)), endpoint=True).astype(dtype)
+        edges = sorted({round(float(e), trial % 3) for e in rng.uniform(low - 5, high + 5, size=int(rng.integers(1, 10)))})
+        searched = np.bincount(np.searchsorted(np.asarray(edges), values.astype(np.float64), side="right"), minlength=len(edges) + 1)
+        counted = bin_counts(values, edges)
+        assert counted.dtype == np.int64 and counted.tolist() == searched.tolist(), (values, edges)
+
+
+def test_a_rule_no_row_may_break_has_an_empty_mask():
+    """`may_break` lets the exact pass skip a rule's mask from the null count or min and max;
+    whenever it says no row can break the rule, the mask agrees (nulls, NaN, infinities,
+    timestamps, empty and all-null columns)."""
+    from data2model.contract import RowRule
+    from data2model.quarantine import may_break, rule_mask
+
+    utc = dt.timezone.utc
+    columns = {
+        "ints": pa.chunked_array([[1, 2, None, 5], [7]], pa.int64()),
+        "floats": pa.chunked_array([[1.0, float("nan"), None, 3.5]]),
+        "infinite": pa.chunked_array([[1.0, float("inf")]]),
+        "nan": pa.chunked_array([[float("nan")]]),
+        "nulls": pa.chunked_array([[None, None]], pa.int64()),
+        "empty": pa.chunked_array([], pa.int64()),
+        "uint8": pa.chunked_array([[0, 255]], pa.uint8()),
+    }
+    rules = [RowRule("nulls", "x"), RowRule("range", "x", 0, 5), RowRule("range", "x", None, 3.5), RowRule("range", "x", 1.0, None), RowRule("range", "x", -1, 1000)]
+    seen = set()
+    for name, column in columns.items():
+        for rule in rules:
+            skipped = not may_break(column, rule)
+            assert not (skipped and rule_mask(column, rule).any()), (name, rule)
+            seen.add(skipped)
+    stamps = pa.chunked_array([[dt.datetime(2013, 1, 1, tzinfo=utc), None, dt.datetime(2013, 6, 1, tzinfo=utc)]], pa.timestamp("ms", tz="UTC"))
+    inside, after = RowRule("range", "t", dt.datetime(2013, 1, 1, tzinfo=utc), dt.datetime(2013, 12, 31, tzinfo=utc)), RowRule("range", "t", dt.datetime(2013, 2, 1, tzinfo=utc))
+    assert not may_break(stamps, inside) and may_break(stamps, after) and rule_mask(stamps, after).sum() == 1
+    assert seen == {True, False}  # both answers were exercised
+
+
 VALIDATE = """
 import json, sys
 from data2model.params import parse_params
