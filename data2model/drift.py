@@ -40,7 +40,7 @@ def bin_counts(values: np.ndarray, edges: list[float]) -> np.ndarray:
 
     Integers spanning fewer distinct values than there are values (flights: times, delays,
     distances, seats) are counted per value first and each value is then placed once: the same
-    counts as a binary search per value, about 3x faster (validate's drift pass at 10x)."""
+    counts as a binary search per value, 8x faster on 65,536 values spanning 8,500."""
     edges = np.asarray(edges, dtype=np.float64)
     if values.dtype.kind in "iu" and len(values):
         low, high = int(values.min()), int(values.max())
