@@ -2,14 +2,16 @@
 one session on one machine, each repeat beside the bare script of the same repeat.
 
     .venv/bin/python bench/ab_cold.py 4cb555c --repeats 3
+    .venv/bin/python bench/ab_cold.py 7dbeb59 --repeats 3 --scale 10   # on `d2m synth --scale 10`
 
 Per repeat and side, in a fresh copy of that side's code (`git archive REV` or the working tree,
 committed in a new git repo, as tests.conftest.make_project_copy does): Prefect's database is
-created first (as bench/suite.py does), then `python -m data2model.cli run` runs from cold, so
+created first (as bench/suite.py does; above 1x after `d2m synth --scale N` made its data.source,
+as the suite does too), then `python -m data2model.cli run` runs from cold, so
 each side runs its own data2model, tasks and flows. Every output line is timestamped as it
 arrives, which gives where the time went: until the flow begins, each stage (to the flow's
 "Finished" line), after the flow, and after the summary until the process ended.
-Results: bench/results/ab_cold_<REV>.json (or --out).
+Results: bench/results/ab_cold_<REV>.json, ab_cold_<REV>_<N>x.json above 1x (or --out).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from suite import scaled_source  # noqa: E402 - bench/suite.py, beside this script
 from tests.conftest import commit_as_clone, isolated_env, make_project_copy  # noqa: E402
 
 STAGE_DONE = re.compile(r"Task run '(\w+)' - Finished in state")
@@ -78,6 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rev", help="the git revision to compare the working tree with")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--scale", type=int, default=1, help="N times the default data (d2m synth --scale N); default 1")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     runs: dict[str, list[dict]] = {args.rev: [], "working tree": [], "bare script": []}
@@ -87,8 +91,9 @@ def main() -> None:
                 print(f"run {index + 1}/{args.repeats}: {side} ...", file=sys.stderr, flush=True)
                 dest = Path(tmp) / f"{'rev' if side == args.rev else 'tree'}-{index}"
                 project = copy_of_revision(args.rev, dest) if side == args.rev else make_project_copy(dest)
+                source = [str(project / scaled_source(project, args.scale))] if args.scale > 1 else []
                 runs[side].append(cold_run(project))
-            wall, _ = timed_lines([sys.executable, str(ROOT / "bench/bare_pipeline.py"), str(Path(tmp) / f"bare-{index}")], ROOT)
+            wall, _ = timed_lines([sys.executable, str(ROOT / "bench/bare_pipeline.py"), str(Path(tmp) / f"bare-{index}"), *source], ROOT)
             runs["bare script"].append({"seconds": round(wall, 2), "load": round(os.getloadavg()[0], 2)})
     bare = [r["seconds"] for r in runs["bare script"]]
     summary = {}
@@ -108,7 +113,7 @@ def main() -> None:
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
         "command": " ".join(["bench/ab_cold.py", *sys.argv[1:]]),
     }
-    out = args.out or ROOT / f"bench/results/ab_cold_{args.rev}.json"
+    out = args.out or ROOT / f"bench/results/ab_cold_{args.rev}{f'_{args.scale}x' if args.scale > 1 else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results["summary"], indent=2))

