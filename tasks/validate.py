@@ -192,8 +192,9 @@ class GxProcess:
     its sample from the Parquet file and validates it while this process makes the exact pass
     over every row. At 10x the default data on a 2-core machine the import and suite were ~7 s
     and the run on 100,000 rows ~9 s of validate's ~27 s, all after the exact pass
-    (BENCHMARKS.md). A thread would not overlap them: the stream's per-batch Python holds the
-    GIL (tried and measured, no gain).
+    (BENCHMARKS.md). A thread in this process would not overlap them: the stream's per-batch
+    Python holds the GIL (tried and measured, no gain). Inside the child, a thread does overlap
+    the sample's decoding (pyarrow, without the GIL) with great-expectations' import.
 
     The child is a plain `python -c` (not multiprocessing, which would import the caller's main
     script again) that answers over a socket pair; `outcome` waits for its answer. An exception
