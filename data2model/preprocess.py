@@ -135,10 +135,7 @@ def derive_label(table: pa.Table, data: Data, classes: list[str] | None = None) 
     """
     if data.target not in table.column_names:
         raise DataError(f"data.target {data.target!r} is not a column (columns: {', '.join(table.column_names)})")
-    usable = pc.is_valid(table[data.target])
-    if pa.types.is_floating(table.schema.field(data.target).type):
-        usable = pc.and_(usable, pc.invert(pc.is_nan(table[data.target])))
-    table = table.filter(usable)
+    table = table.filter(usable_target(table[data.target]))
     if classes is None:
         if table.num_rows == 0:
             raise DataError(f"data.target {data.target!r} is null in every row")
@@ -153,6 +150,12 @@ def derive_label(table: pa.Table, data: Data, classes: list[str] | None = None) 
         return table.append_column(LABEL, pa.array(label, pa.int32())), classes
     codes = pc.index_in(target.cast(pa.string()), value_set=pa.array(classes, pa.string())).cast(pa.int32())
     return table.append_column(LABEL, codes), classes
+
+
+def usable_target(target: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Which rows derive_label keeps: a target that is neither null nor NaN."""
+    usable = pc.is_valid(target)
+    return pc.and_(usable, pc.invert(pc.is_nan(target))) if pa.types.is_floating(target.type) else usable
 
 
 def label_classes(target: pa.ChunkedArray, data: Data) -> list[str]:

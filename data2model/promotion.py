@@ -67,10 +67,10 @@ def score(task: str, y: np.ndarray, output: pd.DataFrame, slices: dict[str, np.n
     """`slices` maps a column name to its holdout values; values with fewer than `min_rows` rows are left out."""
     per_slice = {}
     for column, values in slices.items():
-        names, counts = np.unique(values.astype(str), return_counts=True)
-        for name, count in zip(names, counts):
+        names, which, counts = np.unique(values.astype(str), return_inverse=True, return_counts=True)
+        for index, (name, count) in enumerate(zip(names, counts)):
             if count >= min_rows:
-                mask = values.astype(str) == name
+                mask = which == index
                 per_slice[f"{column}={name}"] = (primary_score(task, y[mask], output[mask]), int(count))
     ece = expected_calibration_error(y, output["probability"].to_numpy()) if task == "binary" else None
     return Scores(primary_score(task, y, output), per_slice, ece)

@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,47 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
     if not path.exists():
         raise DataError(f"{path} does not exist: run the stage that writes it first (dvc repro)")
     return pq.read_table(path, columns=columns)
+
+
+@dataclass(frozen=True)
+class Footer:
+    """What a Parquet file's footer tells without its data being read."""
+
+    schema: pa.Schema
+    rows: int
+    nulls: dict[str, int]
+
+
+def read_footer(path: str | Path, columns: list[str] | None = None) -> Footer:
+    """The Arrow schema (of `columns`, in that order), the row count and each column's nulls,
+    from the footer's statistics; a column they do not count (nested, or a file written
+    without statistics) is read to count them."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} does not exist: run the stage that writes it first (dvc repro)")
+    file = pq.ParquetFile(path)
+    missing = [c for c in columns or [] if c not in file.schema_arrow.names]
+    if missing:
+        raise DataError(f"{path} has no column {', '.join(map(repr, missing))}")
+    schema = file.schema_arrow if columns is None else pa.schema([file.schema_arrow.field(c) for c in columns])
+    meta = file.metadata
+    leaves = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
+    nulls = {}
+    for name in schema.names:
+        stats = [meta.row_group(g).column(leaves[name]).statistics for g in range(meta.num_row_groups)] if name in leaves else [None]
+        if all(s is not None and s.has_null_count for s in stats):
+            nulls[name] = sum(s.null_count for s in stats)
+        else:
+            nulls[name] = file.read(columns=[name]).column(0).null_count
+    return Footer(schema, meta.num_rows, nulls)
+
+
+def read_head(path: str | Path, rows: int, columns: list[str] | None = None) -> pa.Table:
+    """The first `rows` rows (of `columns`), decoding only the first pages they are in."""
+    file = pq.ParquetFile(path)
+    batch = next(file.iter_batches(batch_size=rows, columns=columns), None)
+    schema = file.schema_arrow if columns is None else pa.schema([file.schema_arrow.field(c) for c in columns])
+    return pa.Table.from_batches([batch] if batch is not None else [], schema).slice(0, rows)
 
 
 def write_json(obj: Any, path: str | Path, sort_keys: bool = True) -> None:

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from data2model import dataset_card
 from data2model.params import Params
 from data2model.stage import main
-from data2model.tables import read_json, read_table, write_json, write_text
+from data2model.tables import read_footer, read_json, write_json, write_text
 
 log = logging.getLogger("data2model.dataset_card")
 NOT_STATED = "not stated: set dataset_card.{} in params.yaml"
@@ -45,15 +45,15 @@ def facts(params: Params, md5: str, size: int, rows: dict[str, int], validation:
 
 def run(params: Params) -> dict[str, Any]:
     paths = params.paths
-    raw = read_table(paths.raw)
-    rows = {"raw": raw.num_rows, **{name: pq.ParquetFile(getattr(paths, name)).metadata.num_rows if Path(getattr(paths, name)).exists() else 0 for name in ("validated", "quarantine")}}
+    raw = read_footer(paths.raw)  # schema, rows and nulls: the card reads no data
+    rows = {"raw": raw.rows, **{name: pq.ParquetFile(getattr(paths, name)).metadata.num_rows if Path(getattr(paths, name)).exists() else 0 for name in ("validated", "quarantine")}}
     found = facts(params, file_md5(paths.raw), Path(paths.raw).stat().st_size, rows, read_json(paths.validation))
     document = dataset_card.croissant(found, raw.schema)
     warnings = dataset_card.validate_croissant(document)
     write_json(document, paths.croissant, sort_keys=False)
-    write_text(dataset_card.render(found, raw.schema, {name: raw[name].null_count for name in raw.column_names}), paths.dataset_card)
-    log.info("dataset card of data version %s: %d fields, Croissant valid (%d warning(s))", found["md5"], raw.num_columns, len(warnings))
-    return {"md5": found["md5"], "fields": raw.num_columns, "rows": rows["raw"], "croissant_warnings": len(warnings)}
+    write_text(dataset_card.render(found, raw.schema, raw.nulls), paths.dataset_card)
+    log.info("dataset card of data version %s: %d fields, Croissant valid (%d warning(s))", found["md5"], len(raw.schema), len(warnings))
+    return {"md5": found["md5"], "fields": len(raw.schema), "rows": rows["raw"], "croissant_warnings": len(warnings)}
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from data2model.params import Params
 from data2model.preprocess import Preprocessor, as_utc_naive
 from data2model.scoring import load_scorer
 from data2model.stage import main
-from data2model.tables import read_json, read_table, write_json, write_text
+from data2model.tables import Footer, read_footer, read_head, read_json, read_table, write_json, write_text
 
 log = logging.getLogger("data2model.register")
 CHAMPION, CHALLENGER = promotion.CHAMPION, "challenger"
@@ -39,18 +39,17 @@ def requirements(framework: str) -> list[str]:
     return [f"{n}=={metadata.version(n)}" for n in names]
 
 
-def _client_type(raw: pa.Table, name: str) -> pa.DataType:
-    """How a column reaches the model from a client: MLflow's datetime is zone-naive UTC, and an
-    integer column that can be missing arrives as double (NaN)."""
-    t = raw.schema.field(name).type
+def _client_type(t: pa.DataType, nulls: int) -> pa.DataType:
+    """How a column of type `t` reaches the model from a client: MLflow's datetime is zone-naive
+    UTC, and an integer column that can be missing (it had nulls in training) arrives as double (NaN)."""
     if pa.types.is_timestamp(t):
         return pa.timestamp("us")
-    if pa.types.is_integer(t) and raw[name].null_count:
+    if pa.types.is_integer(t) and nulls:
         return pa.float64()
     return t
 
 
-def input_schema(raw: pa.Table):
+def input_schema(raw: Footer):
     """The raw columns the model takes; optional where the training data had nulls."""
     from mlflow.types import ColSpec, Schema
 
@@ -63,14 +62,15 @@ def input_schema(raw: pa.Table):
             return "long"
         return "double" if pa.types.is_floating(t) else "string"
 
-    return Schema([ColSpec(kind(_client_type(raw, n)), n, required=raw[n].null_count == 0) for n in raw.column_names])
+    return Schema([ColSpec(kind(_client_type(f.type, raw.nulls[f.name])), f.name, required=raw.nulls[f.name] == 0) for f in raw.schema])
 
 
-def input_example(raw: pa.Table) -> pd.DataFrame:
-    head = raw.slice(0, EXAMPLE_ROWS)
+def input_example(head: pa.Table, raw: Footer) -> pd.DataFrame:
+    """The first rows of `head` in client types, which follow the nulls of all the `raw` rows."""
+    head = head.slice(0, EXAMPLE_ROWS)
     for i, name in enumerate(head.column_names):
         values = as_utc_naive(head[name], name) if pa.types.is_timestamp(head.schema.field(name).type) else head[name]
-        head = head.set_column(i, name, values.cast(_client_type(raw, name)))
+        head = head.set_column(i, name, values.cast(_client_type(head.schema.field(name).type, raw.nulls[name])))
     return head.to_pandas()
 
 
@@ -156,8 +156,8 @@ def run(params: Params) -> dict[str, Any]:
 
     pre = Preprocessor.load(params.paths.preprocessor)
     scorer, calibrator = load_scorer(params.paths.model_dir), Calibrator.load(params.paths.calibrator)
-    raw = read_table(params.paths.raw, columns=list(pre.input_columns))
-    example = input_example(raw)
+    raw = read_footer(params.paths.raw, columns=list(pre.input_columns))  # types and nulls: nothing else of the raw rows is needed
+    example = input_example(read_head(params.paths.raw, EXAMPLE_ROWS, raw.schema.names), raw)
     metrics = read_json(params.paths.metrics)
     threshold = metrics.get("threshold", 0.5)
     expected = predictions_frame(calibrator.apply(scorer.predict(pre.transform(pa.Table.from_pandas(example, preserve_index=False)))), pre, threshold)

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 from data2model.errors import DataError
 from data2model.params import Data, Params, Split
-from data2model.preprocess import LABEL, TIME, derive_label
+from data2model.preprocess import LABEL, TIME, derive_label, usable_target
 from data2model.stage import main
 from data2model.tables import read_table, write_table
 
@@ -60,11 +60,15 @@ def split_table(table: pa.Table, params: Split, task: str) -> dict[str, pa.Table
 def raw_holdout(validated: pa.Table, data: Data, feature_rows: int, test_rows: np.ndarray) -> pa.Table:
     """The holdout rows as they arrived, with the label: features encodes derive_label's rows in
     order, so the same row numbers pick them out. Models with different preprocessors can all
-    be scored on it."""
-    labelled, _ = derive_label(validated, data)
-    if labelled.num_rows != feature_rows:
-        raise DataError(f"features hold {feature_rows} rows but the validated table labels {labelled.num_rows}: rerun the features stage")
-    return labelled.take(pa.array(test_rows, pa.int64()))
+    be scored on it. The rows are picked first and labelled after: labelling the whole table to
+    keep a tenth of it filtered every column of every row."""
+    target = validated.select([data.target]) if data.target in validated.column_names else validated  # else derive_label says it is missing
+    _, classes = derive_label(target, data)  # on the whole target column, as features finds them
+    kept = np.flatnonzero(usable_target(validated[data.target]).to_numpy(zero_copy_only=False))
+    if len(kept) != feature_rows:
+        raise DataError(f"features hold {feature_rows} rows but the validated table labels {len(kept)}: rerun the features stage")
+    labelled, _ = derive_label(validated.take(pa.array(kept[test_rows], pa.int64())), data, classes)
+    return labelled
 
 
 def run(params: Params) -> dict[str, Any]:

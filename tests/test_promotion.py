@@ -94,6 +94,10 @@ def test_score_computes_per_slice_metrics_and_ignores_small_slices():
     s = score("binary", y, pd.DataFrame({"probability": p}), {"carrier": carrier}, min_rows=200)
     assert set(s.slices) == {"carrier=UA", "carrier=AA"} and s.slices["carrier=AA"][1] == 250
     assert s.overall > 0.9 and s.ece is not None
+    from sklearn.metrics import roc_auc_score
+
+    for name, rows in (("UA", slice(0, 700)), ("AA", slice(700, 950))):  # each slice scored on its own rows
+        assert s.slices[f"carrier={name}"][0] == pytest.approx(roc_auc_score(y[rows], p[rows]))
 
 
 def test_multiclass_scores_accuracy_on_class_values():
@@ -110,6 +114,16 @@ def test_raw_holdout_picks_the_same_rows_the_encoded_split_did():
     assert holdout["x"].to_pylist() == [3.0, 5.0] and holdout[LABEL].to_pylist() == [1, 1]
     with pytest.raises(D2MError, match="rerun the features stage"):
         raw_holdout(validated, data, feature_rows=5, test_rows=np.array([1]))
+
+
+def test_raw_holdout_codes_classes_found_on_the_whole_target():
+    validated = pa.table({"x": [1, 2, 3, 4, 5], "kind": ["a", None, "b", "c", "c"]})
+    data = Data(target="kind", label_rule=None, task="multiclass")
+    # the holdout holds only "c" rows: its code is still 2 of a, b, c, as features encoded it
+    holdout = raw_holdout(validated, data, feature_rows=4, test_rows=np.array([2, 3]))
+    assert holdout["x"].to_pylist() == [4, 5] and holdout[LABEL].to_pylist() == [2, 2]
+    with pytest.raises(D2MError, match="data.target 'gone' is not a column"):
+        raw_holdout(validated, Data(target="gone", label_rule=None, task="multiclass"), feature_rows=4, test_rows=np.array([0]))
 
 
 # --- promote / rollback on a real registry --------------------------------------------------

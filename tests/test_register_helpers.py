@@ -14,6 +14,7 @@ import pytest
 from data2model.errors import D2MError
 from data2model.preprocess import Preprocessor
 from data2model.served_model import predictions_frame
+from data2model.tables import Footer
 from tasks.register import check_round_trip, input_example, input_schema, requirements
 
 UTC = dt.timezone.utc
@@ -35,6 +36,10 @@ def _raw() -> pa.Table:
     )
 
 
+def _footer(table: pa.Table) -> Footer:
+    return Footer(table.schema, table.num_rows, {name: table[name].null_count for name in table.column_names})
+
+
 def _pre(task: str, classes: list[str], label_rule: str | None = None) -> Preprocessor:
     return Preprocessor(task=task, target="t", label_rule=label_rule, classes=classes, input_columns={}, numeric={}, categorical={})
 
@@ -43,7 +48,7 @@ def _pre(task: str, classes: list[str], label_rule: str | None = None) -> Prepro
 
 
 def test_input_schema_types_and_optionality():
-    specs = {c.name: (c.type.name, c.required) for c in input_schema(_raw()).inputs}
+    specs = {c.name: (c.type.name, c.required) for c in input_schema(_footer(_raw())).inputs}
     assert specs == {
         "flight": ("long", True),
         "dep_hour": ("double", False),  # an int that can be missing arrives as NaN
@@ -56,11 +61,11 @@ def test_input_schema_types_and_optionality():
 
 
 def test_input_schema_keeps_the_column_order():
-    assert [c.name for c in input_schema(_raw()).inputs] == _raw().column_names
+    assert [c.name for c in input_schema(_footer(_raw())).inputs] == _raw().column_names
 
 
 def test_input_example_is_five_rows_in_client_types():
-    example = input_example(_raw())
+    example = input_example(_raw(), _footer(_raw()))
     assert isinstance(example, pd.DataFrame)
     assert list(example.columns) == _raw().column_names
     assert len(example) == 5
@@ -74,7 +79,7 @@ def test_input_example_timestamps_are_zone_naive_utc():
     raw = _raw()
     ny = raw.set_column(2, "time_hour", raw["time_hour"].cast(pa.timestamp("s", tz="America/New_York")))
     for table in (raw, ny):
-        column = input_example(table)["time_hour"]
+        column = input_example(table, _footer(table))["time_hour"]
         assert column.dt.tz is None
         assert column.iloc[0] == pd.Timestamp("2013-01-01 00:00:00")
         assert column.iloc[4] == pd.Timestamp("2013-01-01 04:00:00")
