@@ -76,9 +76,10 @@ def served(version: str, start_timeout_s: float) -> Iterator[Callable[[], int]]:
         port = listening.getsockname()[1]
         proc = subprocess.Popen([sys.executable, "-m", "data2model.cli", "serve", "--version", version, "--no-log", "--fd", str(listening.fileno())],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, pass_fds=(listening.fileno(),))
-    deadline = time.monotonic() + start_timeout_s
+    deadline: list[float] = []  # counted from the first wait: a caller busy meanwhile gives the server more time, not less
 
     def ready() -> int:
+        deadline.append(deadline[0] if deadline else time.monotonic() + start_timeout_s)
         while True:
             if proc.poll() is not None:
                 raise CanaryFailed(f"the server exited {proc.returncode} before answering: {proc.stderr.read().strip()[-800:]}")
@@ -89,7 +90,7 @@ def served(version: str, start_timeout_s: float) -> Iterator[Callable[[], int]]:
                     return port
             except OSError:
                 pass
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline[0]:
                 raise CanaryFailed(f"the server did not answer /ping within {start_timeout_s:g} s")
             time.sleep(0.25)
 
@@ -133,22 +134,27 @@ def _in_process(params: Params, name: str, version: str) -> tuple[list[dict[str,
 
 
 def run_canary(params: Params, name: str, version: str) -> dict[str, Any]:
-    """Serve `version`, check its answers and latency; the result goes into the audit event.
-    The server starts (a new process: imports, model load) while this process loads the same
-    version and predicts in-process: on two cores the two overlap."""
+    """Serve `version`, check its answers and latency; the result goes into the audit event."""
+    with served(version, params.register.canary.start_timeout_s) as ready:
+        return _check(params, name, version, ready)
+
+
+def _check(params: Params, name: str, version: str, ready: Callable[[], int]) -> dict[str, Any]:
+    """The canary against a server that `ready()` waits for. The server starts (a new process:
+    imports, model load) while this process loads the same version and predicts in-process: on
+    two cores the two overlap."""
     cfg = params.register.canary
     started = time.perf_counter()
-    with served(version, cfg.start_timeout_s) as ready:
-        rows, bodies, expected = _in_process(params, name, version)
-        port = ready()
-        worst = 0.0
-        for what, body in bodies.items():
-            status, doc, _ = _post(port, body)
-            if status != 200:
-                raise CanaryFailed(f"the server answered {what} with HTTP {status}: {doc.get('message')}")
-            worst = max(worst, compare(expected[what], doc["predictions"], cfg.tolerance))
-        single = [json.dumps({"dataframe_records": [r]}).encode() for r in rows[:LATENCY_REQUESTS]]
-        p50_ms = statistics.median(_post(port, body)[2] for body in single) * 1000
+    rows, bodies, expected = _in_process(params, name, version)
+    port = ready()
+    worst = 0.0
+    for what, body in bodies.items():
+        status, doc, _ = _post(port, body)
+        if status != 200:
+            raise CanaryFailed(f"the server answered {what} with HTTP {status}: {doc.get('message')}")
+        worst = max(worst, compare(expected[what], doc["predictions"], cfg.tolerance))
+    single = [json.dumps({"dataframe_records": [r]}).encode() for r in rows[:LATENCY_REQUESTS]]
+    p50_ms = statistics.median(_post(port, body)[2] for body in single) * 1000
     if p50_ms > cfg.max_p50_ms:
         raise CanaryFailed(f"median single-row latency {p50_ms:.1f} ms is above register.canary.max_p50_ms={cfg.max_p50_ms:g}")
     return {"passed": True, "rows": len(rows), "max_abs_diff": worst, "p50_ms": round(p50_ms, 2), "seconds": round(time.perf_counter() - started, 1)}
@@ -159,3 +165,21 @@ def canary_check(params: Params) -> Callable[[str, str], dict[str, Any]] | None:
     if not params.register.canary.enabled:
         return None
     return lambda name, version: run_canary(params, name, version)
+
+
+@contextlib.contextmanager
+def canary_started(params: Params, name: str, version: str) -> Iterator[Callable[[str, str], dict[str, Any]] | None]:
+    """canary_check with the server of `version` started now, so that it boots while the
+    caller decides whether to promote (the gate scores the holdout meanwhile); stopped on exit,
+    used or not. None when the canary is off."""
+    if not params.register.canary.enabled:
+        yield None
+        return
+    with served(str(version), params.register.canary.start_timeout_s) as ready:
+
+        def check(asked_name: str, asked_version: str) -> dict[str, Any]:
+            if (asked_name, str(asked_version)) != (name, str(version)):
+                raise ValueError(f"this canary serves {name} version {version}, not {asked_name} version {asked_version}")
+            return _check(params, name, str(version), ready)
+
+        yield check

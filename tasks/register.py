@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from data2model import model_card, promotion, tracking
 from data2model.calibration import Calibrator
-from data2model.canary import canary_check
+from data2model.canary import canary_started
 from data2model.errors import CanaryFailed, D2MError
 from data2model.lineage import lineage_tags
 from data2model.params import Params
@@ -179,29 +179,30 @@ def run(params: Params) -> dict[str, Any]:
         run_id = active.info.run_id
     client = mlflow.MlflowClient()
     version = mlflow.register_model(info.model_uri, name).version
-    champion = promotion.current_champion(client, name)
-    rows = row_counts(params)
-    tags = {
-        **lineage_tags(".", params.paths.raw),
-        "mlflow_run_id": run_id,
-        "params": json.dumps(params.as_dict(), sort_keys=True),
-        "holdout_metrics": json.dumps(metrics, sort_keys=True),
-        **{f"rows.{part}": n for part, n in rows.items()},
-    }
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, str(value))
-    client.set_registered_model_alias(name, CHALLENGER, version)
-    summary = {"model_name": name, "version": int(version), "aliases": [CHALLENGER], "run_id": run_id, "model_uri": f"models:/{name}/{version}"}
-    models = [challenger] if champion is None else [challenger, mlflow.pyfunc.load_model(f"models:/{name}/{champion}")]
-    scores = holdout_scores(params, pre.task, models)
-    decision = promotion.decide(pre.task, scores[1], scores[0], params.register) if champion is not None else None
-    promote, reason = (decision.promote, decision.reason) if decision else (True, "the first version: no champion to compare with")
-    if promote:  # the canary runs before every move of champion, the first one included
-        try:
-            promotion.move_champion(client, name, version, "gate" if decision else "first", reason, check=canary_check(params))
-            summary["aliases"].append(CHAMPION)
-        except CanaryFailed as err:
-            promote, reason = False, f"{reason}; but {err}"
+    with canary_started(params, name, version) as check:  # the candidate's server boots while the gate scores
+        champion = promotion.current_champion(client, name)
+        rows = row_counts(params)
+        tags = {
+            **lineage_tags(".", params.paths.raw),
+            "mlflow_run_id": run_id,
+            "params": json.dumps(params.as_dict(), sort_keys=True),
+            "holdout_metrics": json.dumps(metrics, sort_keys=True),
+            **{f"rows.{part}": n for part, n in rows.items()},
+        }
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, str(value))
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        summary = {"model_name": name, "version": int(version), "aliases": [CHALLENGER], "run_id": run_id, "model_uri": f"models:/{name}/{version}"}
+        models = [challenger] if champion is None else [challenger, mlflow.pyfunc.load_model(f"models:/{name}/{champion}")]
+        scores = holdout_scores(params, pre.task, models)
+        decision = promotion.decide(pre.task, scores[1], scores[0], params.register) if champion is not None else None
+        promote, reason = (decision.promote, decision.reason) if decision else (True, "the first version: no champion to compare with")
+        if promote:  # the canary runs before every move of champion, the first one included
+            try:
+                promotion.move_champion(client, name, version, "gate" if decision else "first", reason, check=check)
+                summary["aliases"].append(CHAMPION)
+            except CanaryFailed as err:
+                promote, reason = False, f"{reason}; but {err}"
     if decision is None:
         summary["first"] = {"promoted": promote, "reason": reason}
         if not promote:

@@ -233,6 +233,33 @@ def test_the_canary_serves_on_a_socket_it_bound_itself(served_project, monkeypat
         call(port, "/ping")  # stopped with the block
 
 
+def test_the_registers_canary_boots_its_server_at_once_and_stops_it_used_or_not(served_project, monkeypatch):
+    """register starts the candidate's server as soon as the version exists, so that it boots
+    while the gate scores; the check then runs against it, and the block stops it either way."""
+    import psutil
+
+    from data2model.canary import canary_started
+    from data2model.params import load_params
+
+    champion = registry(served_project).get_model_version_by_alias(MODEL, "champion").version
+    monkeypatch.chdir(served_project)
+    params = load_params()
+
+    def servers() -> list[psutil.Process]:
+        return [p for p in psutil.Process().children() if p.cmdline()[-6:-3] == ["serve", "--version", str(champion)]]
+
+    for used in (True, False):
+        with canary_started(params, MODEL, champion) as check:
+            running = servers()
+            assert len(running) == 1  # started on entry, before any check
+            if used:
+                outcome = check(MODEL, str(champion))
+                assert outcome["passed"] and 0 < outcome["rows"] <= params.register.canary.rows, outcome
+                with pytest.raises(ValueError, match=f"not {MODEL} version 999"):
+                    check(MODEL, "999")
+        assert not running[0].is_running()
+
+
 @pytest.mark.parametrize(
     ("artifacts", "words"),
     [("kept", "probability differs from in-process predict"), ("lost", "does not load"), ("raising", "fails in-process predict on its holdout rows: ZeroDivisionError")],
