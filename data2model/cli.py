@@ -49,8 +49,9 @@ def _run(args: argparse.Namespace) -> int:
         from flows.pipeline import pipeline, shutdown_ray, warm_up  # Prefect's flow machinery, once its API is set
 
         try:
-            warm_up(due or [])
+            start_ray = warm_up(due or [])
             api_ready()
+            start_ray()  # after the server's boot, not beside it: both want the 2 cores a laptop has
             status = pipeline(params=params)
         finally:
             shutdown_ray()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,18 @@ def artifact_url(base: str, run_id: str, path: str) -> str:
     return f"{base.rstrip('/')}/get-artifact?{urlencode({'path': path, 'run_uuid': run_id})}"
 
 
+_CONFIGURE = threading.Lock()
+
+
 def configure(params: Params, root: Path | str = ".", experiment: str | None = None) -> str:
     """Point MLflow at the configured store; return the id of `experiment` (default
-    tracking.experiment), created on first use with its artifacts beside the store's."""
+    tracking.experiment), created on first use with its artifacts beside the store's. One call
+    at a time: a stage's call waits for the warm-up thread's, which may be creating the store."""
+    with _CONFIGURE:
+        return _configure(params, root, experiment)
+
+
+def _configure(params: Params, root: Path | str, experiment: str | None) -> str:
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -10,7 +10,8 @@ and the committed params.yaml is put back byte for byte."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterator
+import threading
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -216,26 +217,38 @@ def _publish_artifacts(status: dict[str, Any], params: Params) -> None:
         create_link_artifact(docs.as_uri(), link_text=f"Data Docs ({status['data_docs']})", key="data2model-data-docs")
 
 
-def warm_up(due: Collection[str]) -> None:
-    """Start together what the train stage would otherwise wait for one after another, when it
-    is `due`: the MLflow store opens in a thread while this thread starts Ray. Ray is started
-    here, not in a thread: it ties its processes' lives to the thread that starts them.
+_RAY_KEEPER: list[threading.Thread] = []
+_RAY_STOP = threading.Event()
+
+
+def warm_up(due: Collection[str]) -> Callable[[], None]:
+    """Start, beside the flow's first stages, what the train stage would otherwise wait for one
+    after another, when it is `due`: the MLflow store opens in one thread and a local Ray starts
+    in another. The train stage's own calls wait for them (init_ray and tracking.configure take
+    a lock). Ray ties its processes' lives to the thread that starts them, so that thread lives,
+    idle, until shutdown_ray.
 
     Nothing here can fail the run: a problem (no tracking server, too few CPUs) is raised again
     by the stage that meets it, inside the flow run, where the UI shows it."""
-    import threading
-
     if "train" not in due:
-        return
+        return lambda: None
     from data2model.trainers import init_ray
 
     params = load_params()
-    store = threading.Thread(target=_quietly, args=(tracking.configure, params), name="d2m-mlflow")
-    store.start()
-    try:
-        _quietly(init_ray, params.train)
-    finally:
-        store.join()
+    threading.Thread(target=_quietly, args=(tracking.configure, params), name="d2m-mlflow", daemon=True).start()
+
+    def start_ray() -> None:
+        keeper = threading.Thread(target=_keep_ray, args=(init_ray, params.train), name="d2m-ray", daemon=True)
+        keeper.start()
+        _RAY_KEEPER.append(keeper)
+
+    return start_ray
+
+
+def _keep_ray(init_ray: Any, train: Any) -> None:
+    _quietly(init_ray, train)
+    _RAY_STOP.wait()
+    _stop_ray()
 
 
 def _quietly(start: Any, *args: Any) -> None:
@@ -247,7 +260,15 @@ def _quietly(start: Any, *args: Any) -> None:
 
 
 def shutdown_ray() -> None:
-    """The train stage (or warm_up) started Ray in this process; stop it so the process can exit cleanly."""
+    """Stop the Ray that warm_up's thread (which stops it itself) or the train stage started in
+    this process, so that the process can exit cleanly."""
+    _RAY_STOP.set()
+    for keeper in _RAY_KEEPER:
+        keeper.join()
+    _stop_ray()
+
+
+def _stop_ray() -> None:
     import sys
 
     if "ray" in sys.modules:
@@ -255,7 +276,6 @@ def shutdown_ray() -> None:
 
         if ray.is_initialized():
             ray.shutdown()
-
 
 
 def default_parameters() -> dict[str, Any]:

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,13 +60,22 @@ class TrainOutcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+_RAY_INIT = threading.Lock()
+
+
 def init_ray(params: Train) -> None:
     """Join RAY_ADDRESS if set, else start (once per process) a local Ray.
 
     The cluster needs the CPUs the training workers ask for, and no more: the splits are read
     by this process before the workers start (`read_split`). A local Ray is given that many
     logical CPUs (oversubscribing a small machine is slower, never stuck); a cluster must have them.
+    One call at a time: a stage's call waits for the warm-up thread's (flows.pipeline.warm_up).
     """
+    with _RAY_INIT:
+        _init_ray(params)
+
+
+def _init_ray(params: Train) -> None:
     import ray
 
     needed = params.num_workers * params.cpus_per_worker
