@@ -164,6 +164,7 @@ def _run_stages(params: Params, logger) -> dict[str, Any] | State:
             create_markdown_artifact(_failure_markdown(name, state.message, params), key="data2model-run", description=f"failed at {name}")
             return Failed(message=state.message, data=state.result(raise_on_failure=False))
         results.append(state.result())
+    release_ray()  # no stage is left to use it: it stops while the run's artifacts are written
     _push_data()
     status = pipeline_status(params)
     create_markdown_artifact(_summary_markdown(status, results), key="data2model-run", description="metrics, model version, where to look")
@@ -257,6 +258,11 @@ def _quietly(start: Any, *args: Any) -> None:
         start(*args)
     except Exception as err:  # noqa: BLE001 - see warm_up
         logging.getLogger("data2model").debug("warm-up left to the stages: %s", err)
+
+
+def release_ray() -> None:
+    """Let warm_up's thread stop its Ray now, in the background (shutdown_ray waits for it)."""
+    _RAY_STOP.set()
 
 
 def shutdown_ray() -> None:
