@@ -1,9 +1,11 @@
-"""The flow's edges that make concurrent and overridden runs safe, without running stages."""
+"""The flow's edges that make concurrent and overridden runs safe, and its release of the
+warm-up's Ray, without running stages."""
 
 from __future__ import annotations
 
 import fcntl
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 
 from data2model.dag import WORKSPACE_LOCK, workspace_lock
 from flows.pipeline import mlflow_links, params_for_run, promotion_markdown
+from tests.conftest import sh
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,3 +77,31 @@ def test_promotion_markdown_for_a_first_version_and_a_gate():
     gate = {"champion_version": 1, "promote": False, "reason": "auc dropped", "metric": "auc", "table": [{"scope": "all", "rows": 10, "champion": 0.7, "challenger": 0.6, "change": -0.1}]}
     text = promotion_markdown({"version": 2, "aliases": ["challenger"], "gate": gate})
     assert "not promoted" in text and "auc dropped" in text and "| all | 10 | 0.7000 | 0.6000 | -0.1000 |" in text
+
+
+RELEASE = """
+import time
+import ray
+from flows import pipeline
+
+start_ray = pipeline.warm_up(["train"])
+start_ray()
+(keeper,) = pipeline._RAY_KEEPER
+deadline = time.monotonic() + 120
+while not ray.is_initialized() and time.monotonic() < deadline:
+    time.sleep(0.1)
+assert ray.is_initialized(), "the warm-up thread did not start Ray"
+assert keeper.is_alive(), "the warm-up thread left before it was told to stop Ray"
+pipeline.release_ray()
+keeper.join(60)
+assert not keeper.is_alive(), "release_ray did not stop the warm-up thread"
+assert not ray.is_initialized(), "Ray is still up after release_ray"
+pipeline.shutdown_ray()  # what `d2m run` calls at the end: nothing left to wait for
+print("released")
+"""
+
+
+def test_release_ray_stops_the_warm_up_ray_in_its_own_thread(project):
+    """The flow releases Ray once the last stage has finished; the thread that started it stops it."""
+    proc = sh([sys.executable, "-c", RELEASE], project, timeout=300)
+    assert proc.stdout.strip().endswith("released")
