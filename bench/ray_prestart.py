@@ -16,7 +16,9 @@ import os
 import tempfile
 import time
 
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # as data2model.trainers.ray_env sets it
+from data2model.trainers import ray_env
+
+os.environ.update(ray_env())  # Ray Train's health check as the pipeline sets it, before ray is imported
 
 import ray  # noqa: E402
 import ray.train  # noqa: E402

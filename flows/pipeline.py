@@ -268,7 +268,7 @@ def release_ray() -> None:
 def shutdown_ray() -> None:
     """Stop the Ray that warm_up's thread (which stops it itself) or the train stage started in
     this process, so that the process can exit cleanly."""
-    _RAY_STOP.set()
+    release_ray()
     for keeper in _RAY_KEEPER:
         keeper.join()
     _stop_ray()
