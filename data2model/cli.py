@@ -46,15 +46,15 @@ def _run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     with prefect_api() as api_ready:
-        from flows.pipeline import pipeline, shutdown_ray, warm_up  # Prefect's flow machinery, once its API is set
+        from flows.pipeline import cool_down, pipeline, warm_up  # Prefect's flow machinery, once its API is set
 
         try:
-            start_ray = warm_up(due or [])
+            after_boot = warm_up(due or [])
             api_ready()
-            start_ray()  # after the server's boot, not beside it: both want the 2 cores a laptop has
+            after_boot()  # after the server's boot, not beside it: both want the 2 cores a laptop has
             status = pipeline(params=params)
         finally:
-            shutdown_ray()
+            cool_down()
     print(f"\npipeline finished in {time.perf_counter() - start:.1f} s\n{describe(status)}")
     if "experiment" in status:
         print(f"overrides saved as DVC experiment {status['experiment']}; params.yaml unchanged (`dvc exp apply {status['experiment']}` brings them back)")

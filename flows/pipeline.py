@@ -158,18 +158,27 @@ def pipeline(params: Params | None = None) -> dict[str, Any]:
 
 def _run_stages(params: Params, logger) -> dict[str, Any] | State:
     results = []
-    for name in stage_order():
+    order = stage_order()
+    last_ray = last_ray_stage(order, params)
+    for index, name in enumerate(order):
         state = stage_task.with_options(task_run_name=name)(name, return_state=True)
         if state.is_failed():  # the run ends Failed with the stage's message; later stages never start
             create_markdown_artifact(_failure_markdown(name, state.message, params), key="data2model-run", description=f"failed at {name}")
             return Failed(message=state.message, data=state.result(raise_on_failure=False))
         results.append(state.result())
-    release_ray()  # no stage is left to use it: it stops while the run's artifacts are written
+        if index >= last_ray:
+            release_ray()  # no stage is left to use it: it stops while the later stages run
     _push_data()
     status = pipeline_status(params)
-    create_markdown_artifact(_summary_markdown(status, results), key="data2model-run", description="metrics, model version, where to look")
-    _publish_artifacts(status, params)
+    _publish_artifacts(status, params, _summary_markdown(status, results))
     return status
+
+
+def last_ray_stage(order: list[str], params: Params) -> int:
+    """Where in `order` the last stage that runs Ray work is: train, and label_audit and
+    learning_curve when enabled (their extra models are Ray tasks); -1 when none is."""
+    uses = {"train": True, "label_audit": params.label_audit.enabled, "learning_curve": params.learning_curve.enabled}
+    return max((order.index(name) for name, used in uses.items() if used and name in order), default=-1)
 
 
 def mlflow_links(base: str, experiment_id: str, registered: dict[str, Any]) -> dict[str, str]:
@@ -190,32 +199,47 @@ def promotion_markdown(registered: dict[str, Any]) -> str:
     return f"## Promotion\n\nVersion {registered['version']}: {verdict} ({first.get('reason', 'no champion to compare with')}).\n"
 
 
-def _publish_artifacts(status: dict[str, Any], params: Params) -> None:
-    """Metrics table, MLflow links (to tracking.ui_url()), Data Docs and the promotion decision,
-    each its own artifact."""
+def _publish_artifacts(status: dict[str, Any], params: Params, summary: str) -> None:
+    """The run's summary, metrics table, MLflow links (to tracking.ui_url()), Data Docs and the
+    promotion decision, each its own artifact, created at once (`_create_all`)."""
     metrics = status["metrics"] or {}
-    create_table_artifact(
-        [{"metric": k, "value": round(v, 6)} for k, v in metrics.items() if isinstance(v, float)],
-        key="data2model-metrics", description="holdout metrics",
-    )
+    calls: list[tuple[Callable[..., Any], dict[str, Any]]] = [
+        (create_markdown_artifact, {"markdown": summary, "key": "data2model-run", "description": "metrics, model version, where to look"}),
+        (create_table_artifact, {"table": [{"metric": k, "value": round(v, 6)} for k, v in metrics.items() if isinstance(v, float)],
+                                 "key": "data2model-metrics", "description": "holdout metrics"}),
+    ]
     for key, path, description in DATA_REPORTS:
         if Path(getattr(params.paths, path)).exists():
             found = read_json(getattr(params.paths, path))
-            create_table_artifact([{"measure": k, "value": v} for k, v in tracking.flatten(found).items()], key=key, description=description)
+            calls.append((create_table_artifact, {"table": [{"measure": k, "value": v} for k, v in tracking.flatten(found).items()], "key": key, "description": description}))
     registered = status["registered"]
     if registered:
         for text, link in mlflow_links(tracking.ui_url(), tracking.configure(params), registered).items():
-            create_link_artifact(link, link_text=text, key="data2model-" + ("mlflow-run" if text == "MLflow run" else "model-version"))
-        create_markdown_artifact(promotion_markdown(registered), key="data2model-promotion", description="promotion decision")
+            calls.append((create_link_artifact, {"link": link, "link_text": text, "key": "data2model-" + ("mlflow-run" if text == "MLflow run" else "model-version")}))
+        calls.append((create_markdown_artifact, {"markdown": promotion_markdown(registered), "key": "data2model-promotion", "description": "promotion decision"}))
         data_card = Path(params.paths.dataset_card)
         if data_card.exists():
-            create_markdown_artifact(data_card.read_text(), key="data2model-dataset-card", description=f"dataset card of the data version (Croissant: {params.paths.croissant})")
+            calls.append((create_markdown_artifact, {"markdown": data_card.read_text(), "key": "data2model-dataset-card",
+                                                     "description": f"dataset card of the data version (Croissant: {params.paths.croissant})"}))
         card = Path(params.paths.model_card)
         if card.exists():
-            create_markdown_artifact(card.read_text(), key="data2model-model-card", description=f"model card of version {registered['version']}")
+            calls.append((create_markdown_artifact, {"markdown": card.read_text(), "key": "data2model-model-card", "description": f"model card of version {registered['version']}"}))
     if status["data_docs"]:
         docs = Path(status["data_docs"]).resolve()
-        create_link_artifact(docs.as_uri(), link_text=f"Data Docs ({status['data_docs']})", key="data2model-data-docs")
+        calls.append((create_link_artifact, {"link": docs.as_uri(), "link_text": f"Data Docs ({status['data_docs']})", "key": "data2model-data-docs"}))
+    _create_all(calls)
+
+
+def _create_all(calls: list[tuple[Callable[..., Any], dict[str, Any]]]) -> None:
+    """Make the artifact calls from threads that see this flow run's context: each is an API
+    request with an HTTP client of its own, and one after another ten of them took about 1 s."""
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        done = [pool.submit(contextvars.copy_context().run, create, **kwargs) for create, kwargs in calls]
+    for future in done:
+        future.result()
 
 
 _RAY_KEEPER: list[threading.Thread] = []
@@ -223,27 +247,34 @@ _RAY_STOP = threading.Event()
 
 
 def warm_up(due: Collection[str]) -> Callable[[], None]:
-    """Start, beside the flow's first stages, what the train stage would otherwise wait for one
-    after another, when it is `due`: the MLflow store opens in one thread and a local Ray starts
-    in another. The train stage's own calls wait for them (init_ray and tracking.configure take
-    a lock). Ray ties its processes' lives to the thread that starts them, so that thread lives,
-    idle, until shutdown_ray.
+    """Start, beside the flow's first stages, what the stages that are `due` would otherwise
+    wait for one after another. For train, the MLflow store opens now, in a thread. The returned
+    function, called once Prefect's server has booted (the boot wants the 2 cores a laptop has),
+    starts validate's great-expectations process (`tasks.validate.prestart`: its import then runs
+    beside ingest) and, for train, a local Ray in another thread. The stages' own calls wait for
+    them (init_ray and tracking.configure take a lock). Ray ties its processes' lives to the
+    thread that starts them, so that thread lives, idle, until shutdown_ray; `cool_down` ends
+    what no stage used.
 
     Nothing here can fail the run: a problem (no tracking server, too few CPUs) is raised again
     by the stage that meets it, inside the flow run, where the UI shows it."""
-    if "train" not in due:
-        return lambda: None
-    from data2model.trainers import init_ray
-
     params = load_params()
-    threading.Thread(target=_quietly, args=(tracking.configure, params), name="d2m-mlflow", daemon=True).start()
+    if "train" in due:
+        threading.Thread(target=_quietly, args=(tracking.configure, params), name="d2m-mlflow", daemon=True).start()
 
-    def start_ray() -> None:
-        keeper = threading.Thread(target=_keep_ray, args=(init_ray, params.train), name="d2m-ray", daemon=True)
-        keeper.start()
-        _RAY_KEEPER.append(keeper)
+    def after_boot() -> None:
+        if "validate" in due:
+            from tasks import validate
 
-    return start_ray
+            validate.prestart()
+        if "train" in due:
+            from data2model.trainers import init_ray
+
+            keeper = threading.Thread(target=_keep_ray, args=(init_ray, params.train), name="d2m-ray", daemon=True)
+            keeper.start()
+            _RAY_KEEPER.append(keeper)
+
+    return after_boot
 
 
 def _keep_ray(init_ray: Any, train: Any) -> None:
@@ -272,6 +303,15 @@ def shutdown_ray() -> None:
     for keeper in _RAY_KEEPER:
         keeper.join()
     _stop_ray()
+
+
+def cool_down() -> None:
+    """What `d2m run` calls at its end: stop the warm-up's Ray (shutdown_ray) and a prestarted
+    great-expectations process that no validation took."""
+    shutdown_ray()
+    from tasks import validate
+
+    validate.discard_spare()
 
 
 def _stop_ray() -> None:

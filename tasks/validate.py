@@ -199,17 +199,11 @@ class GxProcess:
     The child is a plain `python -c` (not multiprocessing, which would import the caller's main
     script again) that answers over a socket pair; `outcome` waits for its answer. An exception
     in the child is raised again here, a child that dies is an error naming its exit code, and
-    leaving the block stops the child if it still runs."""
+    leaving the block stops the child if it still runs. The child imports great-expectations
+    as soon as it starts, so one started ahead of the stage (`prestart`) has it ready."""
 
     def __init__(self, suite_args: tuple[Any, ...], source: str | Path, limit: int, split_rules: list[RowRule]) -> None:
-        import socket
-        import subprocess
-        import sys
-
-        self.sock, child = socket.socketpair()
-        code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tasks.validate import _gx_child; _gx_child({child.fileno()})"
-        self.process = subprocess.Popen([sys.executable, "-c", code], pass_fds=[child.fileno()])
-        child.close()
+        self.sock, self.process = _SPARE.pop() if _SPARE else _spawn_child()
         _send(self.sock, (suite_args, str(source), limit, split_rules))
 
     def __enter__(self) -> GxProcess:
@@ -231,6 +225,38 @@ class GxProcess:
             raise value
         return value
 
+
+
+_SPARE: list[tuple[Any, Any]] = []  # (socket, Popen) of a child started by `prestart`
+
+
+def _spawn_child() -> tuple[Any, Any]:
+    import socket
+    import subprocess
+    import sys
+
+    sock, child = socket.socketpair()
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tasks.validate import _gx_child; _gx_child({child.fileno()})"
+    process = subprocess.Popen([sys.executable, "-c", code], pass_fds=[child.fileno()])
+    child.close()
+    return sock, process
+
+
+def prestart() -> None:
+    """Start great-expectations' child now, for this process's next validation: `d2m run` calls
+    it before Prefect's server has booted (flows.pipeline.warm_up), so that the child's import
+    (3.5-5 s) is done when validate begins. A child never used ends with this process, or with
+    `discard_spare`."""
+    if not _SPARE:
+        _SPARE.append(_spawn_child())
+
+
+def discard_spare() -> None:
+    """Stop a prestarted child that no validation took (the run ended before validate)."""
+    while _SPARE:
+        sock, process = _SPARE.pop()
+        sock.close()  # the child, waiting for its work, reads the end of the stream and exits
+        process.wait()
 
 
 def _send(sock: Any, value: Any) -> None:
@@ -262,14 +288,18 @@ def _gx_child(fd: int) -> NoReturn:
     great-expectations' module teardown is no use to anyone)."""
     import pickle
     import socket
+    import threading
     import traceback
     from concurrent.futures import ThreadPoolExecutor
 
     sock = socket.socket(fileno=fd)
+    warm = threading.Thread(target=_import_gx, name="gx-import", daemon=True)  # not waited for at exit
+    warm.start()  # before the work arrives: a prestarted child has it done by then
     try:
         suite_args, source, limit, split_rules = _receive(sock)
         with ThreadPoolExecutor(1) as pool:  # pyarrow decodes the sample while great-expectations imports
             sample = pool.submit(gx_sample, source, limit, split_rules)
+            warm.join()
             suite = GxSuite(*suite_args)
             outcome = suite.run(sample.result())
         _send(sock, ("ok", outcome, None))
@@ -285,6 +315,11 @@ def _gx_child(fd: int) -> NoReturn:
     finally:
         sock.close()
     finish(0)
+
+
+def _import_gx() -> None:
+    import great_expectations  # noqa: F401 - imported ahead of GxSuite, which waits for it
+    from great_expectations.checkpoint import UpdateDataDocsAction  # noqa: F401
 
 
 class Gate:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from data2model.dag import WORKSPACE_LOCK, workspace_lock
-from flows.pipeline import mlflow_links, params_for_run, promotion_markdown
+from flows.pipeline import last_ray_stage, mlflow_links, params_for_run, promotion_markdown
 from tests.conftest import sh
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,13 +79,26 @@ def test_promotion_markdown_for_a_first_version_and_a_gate():
     assert "not promoted" in text and "auc dropped" in text and "| all | 10 | 0.7000 | 0.6000 | -0.1000 |" in text
 
 
+def test_ray_is_released_after_the_last_stage_that_runs_ray_work():
+    from data2model.params import load_params, parse_params
+
+    order = ["ingest", "validate", "features", "split", "train", "calibrate", "evaluate", "label_audit", "learning_curve", "register"]
+    raw = load_params(ROOT).as_dict()
+    assert last_ray_stage(order, parse_params(raw)) == order.index("train")  # the default: both audits off
+    raw["label_audit"]["enabled"] = True
+    assert last_ray_stage(order, parse_params(raw)) == order.index("label_audit")
+    raw["learning_curve"]["enabled"] = True
+    assert last_ray_stage(order, parse_params(raw)) == order.index("learning_curve")
+    assert last_ray_stage(["ingest", "validate"], parse_params(raw)) == -1
+
+
 RELEASE = """
 import time
 import ray
 from flows import pipeline
 
-start_ray = pipeline.warm_up(["train"])
-start_ray()
+after_boot = pipeline.warm_up(["train"])
+after_boot()
 (keeper,) = pipeline._RAY_KEEPER
 deadline = time.monotonic() + 120
 while not ray.is_initialized() and time.monotonic() < deadline:
@@ -96,7 +109,7 @@ pipeline.release_ray()
 keeper.join(60)
 assert not keeper.is_alive(), "release_ray did not stop the warm-up thread"
 assert not ray.is_initialized(), "Ray is still up after release_ray"
-pipeline.shutdown_ray()  # what `d2m run` calls at the end: nothing left to wait for
+pipeline.cool_down()  # what `d2m run` calls at the end: nothing left to wait for
 print("released")
 """
 

@@ -293,6 +293,30 @@ def test_a_great_expectations_process_that_fails_or_dies_is_a_clear_error(tmp_pa
     assert gx.process.returncode == -9
 
 
+def test_a_prestarted_great_expectations_process_does_the_next_validation_and_an_unused_one_is_stopped(tmp_path):
+    """`d2m run` starts the child ahead of validate (flows.pipeline.warm_up); the stage's
+    validation takes that child, and a run that ends before validate leaves no child behind."""
+    from data2model.params import Data
+    from tasks import validate
+
+    write_table(good_table(), tmp_path / "raw.parquet")
+    checker = validate.Gate(profile(good_table()), declared(), Data(target=TARGET, label_rule=None), good_table().schema)
+    validate.prestart()
+    validate.prestart()  # a second call keeps the one child
+    assert len(validate._SPARE) == 1
+    prestarted = validate._SPARE[0][1]
+    with checker.great_expectations(tmp_path / "docs", tmp_path / "raw.parquet") as gx:
+        assert gx.process is prestarted
+        assert gx.outcome().rows == good_table().num_rows
+    assert not validate._SPARE
+    validate.prestart()
+    (_, unused), = validate._SPARE
+    validate.discard_spare()
+    assert unused.returncode == 0 and not validate._SPARE
+    with checker.great_expectations(tmp_path / "docs", tmp_path / "raw.parquet") as gx:  # none prestarted: one of its own
+        assert gx.process is not unused and gx.outcome().rows == good_table().num_rows
+
+
 def test_committed_contract_agrees_with_declared_rules():
     """The declared rules in params.yaml must hold on the data the contract was profiled from."""
     path = ROOT / "contracts" / "nycflights13.json"

@@ -176,32 +176,27 @@ def run_name(train_path: Path, valid_path: Path, params: Train, preprocessor: Pa
 
 
 def run_ray_training(trainer_cls: Any, train_loop: Any, config: dict[str, Any], job: TrainJob, schedule: Schedule, what: str) -> tuple[Any, int, float, dict[str, float]]:
-    """Run a Ray Train data-parallel trainer over the train/valid Parquet as Ray Data shards,
-    checkpointing as `job.params` says and restarting from the latest checkpoint after a
-    worker dies; then log the workers' telemetry to the MLflow run.
+    """Run a Ray Train data-parallel trainer over the train/valid Parquet, put in Ray's object
+    store (`put_split`; each worker takes its rows with `read_shard`), checkpointing as
+    `job.params` says and restarting from the latest checkpoint after a worker dies. Rank 0's
+    per-step metrics reach the MLflow run through the driver (`telemetry.MetricPump`), then the
+    workers' telemetry is logged there.
 
     Returns the Ray `Result`, the training row count, the wall time of `fit` and the telemetry
     totals (restarts, repeated steps, throughput).
     """
-    import pyarrow.parquet as pq
-    import ray.data
+    import ray
     import ray.train
 
     from data2model.trainers import telemetry
 
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.execution_options.preserve_order = True  # the same rows in the same order, every run
-    datasets = {part: read_split(path) for part, path in (("train", job.train_path), ("valid", job.valid_path))}
-    rows = pq.ParquetFile(job.train_path).metadata.num_rows
+    splits = {part: put_split(path) for part, path in (("train", job.train_path), ("valid", job.valid_path))}
+    rows = sum(n for _, n in splits["train"])
     collector = telemetry.start_collector()
     p = job.params
     trainer = trainer_cls(
         train_loop,
-        train_loop_config={**config, "telemetry": collector, "checkpoint_every": p.checkpoint_every},
-        datasets=datasets,
-        # One worker takes the whole split: no split coordinator actors to start.
-        dataset_config=ray.train.DataConfig(datasets_to_split="all" if p.num_workers > 1 else []),
+        train_loop_config={**config, "splits": splits, "telemetry": collector, "checkpoint_every": p.checkpoint_every},
         scaling_config=ray.train.ScalingConfig(
             num_workers=job.params.num_workers,
             use_gpu=job.params.use_gpu,
@@ -218,7 +213,8 @@ def run_ray_training(trainer_cls: Any, train_loop: Any, config: dict[str, Any], 
     )
     log.info("training %s on %d rows with %d Ray worker(s), run %s", what, rows, p.num_workers, job.name)
     start = time.perf_counter()
-    result = trainer.fit()
+    with telemetry.MetricPump(collector, job.tracking_uri, job.run_id):
+        result = trainer.fit()
     seconds = time.perf_counter() - start
     summary = telemetry.summarise(ray.get(collector.dump.remote()))
     ray.kill(collector)
@@ -229,26 +225,50 @@ def run_ray_training(trainer_cls: Any, train_loop: Any, config: dict[str, Any], 
     return result, rows, seconds, summary.totals
 
 
-def read_split(path: Path, rows_per_block: int = 65_536) -> Any:
-    """A split's Parquet as a materialized Ray Dataset, read before the training workers start.
+Blocks = list[tuple[Any, int]]  # (ObjectRef of a pyarrow Table, its row count), in row order
 
-    This process reads it with pyarrow, one block of `rows_per_block` rows at a time, and puts
-    each block in Ray's object store, so its memory holds one block, and the workers (on any
-    node) fetch the blocks from the store: the workspace need not be shared between hosts.
-    Read by Ray Data's tasks instead, the default split took 3.5 s against 0.6 s here, because
-    each read starts Ray worker processes; on a `ray start` cluster it took 19.5 s, whose
-    workers must first be started for the job's runtime environment. Both trainers load their
+
+def put_split(path: Path, rows_per_block: int = 65_536) -> Blocks:
+    """A split's Parquet in Ray's object store, one block of `rows_per_block` rows at a time,
+    so this process holds one block, and the workers (on any node) fetch what they need: the
+    workspace need not be shared between hosts.
+
+    Not through Ray Data: its executor started inside each worker before training (1.7 s of a
+    1x train stage; `read_split` in BENCHMARKS.md), and read by its tasks the default split took
+    3.5 s against 0.6 s, because each read starts Ray worker processes. Both trainers load their
     whole shard into memory, so nothing is held that they would not hold anyway."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import ray
-    import ray.data
 
     with pq.ParquetFile(path) as parquet:
-        blocks = [ray.put(pa.Table.from_batches([batch])) for batch in parquet.iter_batches(batch_size=rows_per_block)]
-        if not blocks:
-            blocks = [ray.put(parquet.schema_arrow.empty_table())]
-    return ray.data.from_arrow_refs(blocks)
+        blocks = [(ray.put(pa.Table.from_batches([batch])), batch.num_rows) for batch in parquet.iter_batches(batch_size=rows_per_block)]
+        return blocks or [(ray.put(parquet.schema_arrow.empty_table()), 0)]
+
+
+def shard_bounds(total: int, rank: int, world: int) -> tuple[int, int]:
+    """Rows [start, stop) of worker `rank` of `world`: contiguous, in order, sizes differing by
+    at most one row (DDP needs every worker to take the same number of steps)."""
+    return total * rank // world, total * (rank + 1) // world
+
+
+def read_shard(blocks: Blocks, rank: int, world: int) -> Any:
+    """Worker side: this worker's rows of a split put by `put_split`, fetching only the blocks
+    they lie in."""
+    import pyarrow as pa
+    import ray
+
+    start, stop = shard_bounds(sum(n for _, n in blocks), rank, world)
+    wanted, offsets, at = [], [], 0
+    for ref, n in blocks:
+        if at < stop and at + n > start:
+            wanted.append(ref)
+            offsets.append(at)
+        at += n
+    if not wanted:
+        return ray.get(blocks[0][0]).slice(0, 0)
+    table = pa.concat_tables(ray.get(wanted))
+    return table.slice(start - offsets[0], stop - start)
 
 
 def storage_uri(storage_path: str) -> str:

@@ -2,6 +2,10 @@
 collector actor the driver owns, so the records outlive a worker that dies and reach the driver
 whatever the framework. The driver turns them into MLflow metrics and a plot.
 
+Rank 0's training metrics (loss, AUC, ... per step) take the same way to MLflow: the driver
+logs them as they arrive (`MetricPump`), so the workers never import MLflow nor need to reach
+its tracking store (a SQLite file on the driver's host is out of a remote worker's reach).
+
 Step time is each worker's wall time per step. In synchronous data parallelism the fast
 workers wait for the slow one inside the collective, so that time spreads over everyone; the
 straggler flag (a worker above `STRAGGLER_RATIO` x the median) catches what is not synchronised
@@ -11,6 +15,7 @@ straggler flag (a worker above `STRAGGLER_RATIO` x the median) catches what is n
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +33,7 @@ class Collector:
         self.attempts: dict[int, list[int]] = {}
         self.steps: list[dict[str, Any]] = []
         self.checkpoints: list[dict[str, Any]] = []
+        self.metrics: list[tuple[str, float, int, int]] = []
 
     def start(self, rank: int, resumed_from: int) -> int:
         """A worker (re)starts at step `resumed_from`; returns its attempt number (0 first)."""
@@ -39,6 +45,14 @@ class Collector:
 
     def checkpoint(self, record: dict[str, Any]) -> None:
         self.checkpoints.append(record)
+
+    def log(self, metrics: list[tuple[str, float, int, int]]) -> None:
+        """(name, value, timestamp in ms, step) records for the MLflow run."""
+        self.metrics.extend(metrics)
+
+    def take_metrics(self) -> list[tuple[str, float, int, int]]:
+        taken, self.metrics = self.metrics, []
+        return taken
 
     def ping(self) -> None:
         """Returns once every call sent before it has run (an actor runs one caller's calls in order)."""
@@ -78,6 +92,12 @@ class StepClock:
         })
         return seconds
 
+    def log_metrics(self, records: list[tuple[str, float, int, int]]) -> None:
+        """(name, value, timestamp in ms, step) for the MLflow run, sent without waiting
+        (`MetricPump` logs them)."""
+        if records:
+            self.collector.log.remote(records)
+
     def checkpoint_saved(self, step: int, seconds: float) -> None:
         import ray
 
@@ -89,6 +109,47 @@ class StepClock:
         import ray
 
         ray.get(self.collector.ping.remote())
+
+
+class MetricPump:
+    """Driver side, around `fit`: logs the metrics workers send (`StepClock.log_metrics`) to the
+    MLflow run every `every` seconds from a thread, and what is left when the block ends."""
+
+    def __init__(self, collector, tracking_uri: str, run_id: str, every: float = 2.0) -> None:
+        import mlflow
+
+        self.collector, self.run_id, self.every = collector, run_id, every
+        self.client = mlflow.MlflowClient(tracking_uri)
+        self.stopped = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="mlflow-metrics", daemon=True)
+
+    def __enter__(self) -> "MetricPump":
+        self.thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        self.stopped.set()
+        self.thread.join()
+        if self.error is None:
+            self.pump()  # the last metrics: a worker's last report waited for the collector
+        elif exc_type is None:
+            raise self.error
+
+    def _run(self) -> None:
+        try:
+            while not self.stopped.wait(self.every):
+                self.pump()
+        except Exception as err:  # raised in the driver's thread once training ends
+            self.error = err
+
+    def pump(self) -> None:
+        import ray
+        from mlflow.entities import Metric
+
+        records = ray.get(self.collector.take_metrics.remote())
+        for start in range(0, len(records), 1000):  # MLflow takes at most 1000 per call
+            self.client.log_batch(self.run_id, metrics=[Metric(*record) for record in records[start : start + 1000]])
 
 
 def peak_flops(device_name: str) -> float | None:

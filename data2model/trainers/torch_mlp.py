@@ -1,16 +1,15 @@
 """A PyTorch MLP with categorical embeddings through Ray Train (V2): each worker trains DDP on
-its Ray Data shard; validation metrics are all-reduced so every worker takes the same
+its shard of the splits; validation metrics are all-reduced so every worker takes the same
 early-stopping decision; NCCL and bf16 autocast on GPU, gloo on CPU. Every
 train.checkpoint_every epochs rank 0 checkpoints the weights, optimizer and best epoch so far,
-from which a restarted worker group (or a rerun) continues; rank 0 logs per-epoch metrics to
-MLflow, and the driver saves the best epoch's weights with the architecture to rebuild them."""
+from which a restarted worker group (or a rerun) continues; rank 0 sends per-epoch metrics to
+the MLflow run (through the driver, trainers.telemetry.MetricPump), and the driver saves the best epoch's weights with the architecture to rebuild them."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from torch import nn
 
 from data2model.errors import D2MError
 from data2model.preprocess import LABEL
-from data2model.trainers import Schedule, TrainJob, TrainOutcome, run_ray_training, write_meta
+from data2model.trainers import Blocks, Schedule, TrainJob, TrainOutcome, read_shard, run_ray_training, write_meta
 
 MODEL_FILE = "torch.pt"
 _EVAL_BATCH = 65536
@@ -98,13 +97,10 @@ def feature_tensors(table: pa.Table, numeric: list[str], categorical: list[str])
     return torch.from_numpy(matrix(numeric, np.float32)), torch.from_numpy(matrix(categorical, np.int64))
 
 
-def _load_shard(name: str, numeric: list[str], categorical: list[str], task: str) -> tuple[torch.Tensor, ...]:
-    """The worker's whole shard as tensors, read once: per-epoch streaming from Ray Data costs
-    more than the epoch itself on a few cores, and a shard of tabular rows fits in memory."""
-    import ray.train
-
-    shard = ray.train.get_dataset_shard(name)
-    table = pa.concat_tables(list(shard.iter_batches(batch_size=None, batch_format="pyarrow")))
+def _load_shard(blocks: Blocks, rank: int, world: int, numeric: list[str], categorical: list[str], task: str) -> tuple[torch.Tensor, ...]:
+    """The worker's whole shard as tensors, read once: a shard of tabular rows fits in memory,
+    and per-epoch streaming would cost more than the epoch itself on a few cores."""
+    table = read_shard(blocks, rank, world)
     x_num, x_cat = feature_tensors(table, numeric, categorical)
     label = torch.from_numpy(table[LABEL].to_numpy().astype(np.int64 if task == "multiclass" else np.float32))
     return x_num, x_cat, label
@@ -164,13 +160,12 @@ def _train_loop(config: dict[str, Any]) -> None:
     # DDP broadcasts rank 0's initial weights; per-rank seeds keep dropout and shuffles independent.
     torch.manual_seed(config["seed"] + rank)
 
-    # Both shards stream at once: on small data Ray Data's start-up, not the rows, dominates.
-    with ThreadPoolExecutor(2) as pool:
-        train, valid = pool.map(lambda name: _load_shard(name, config["numeric"], config["categorical"], task), ("train", "valid"))
+    world = ray.train.get_context().get_world_size()
+    train, valid = (_load_shard(config["splits"][name], rank, world, config["numeric"], config["categorical"], task) for name in ("train", "valid"))
     # A shard of tabular rows is small next to accelerator memory: move it once, not per batch.
     train, valid = (tuple(t.to(device) for t in shard) for shard in (train, valid))
-    # Equal shards (Ray Data splits with equal=True) give every worker the same number of steps,
-    # which DDP needs; the minimum guards against a split that is not.
+    # Equal shards (trainers.shard_bounds) give every worker the same number of steps, which DDP
+    # needs; the minimum guards against shards one row apart.
     rows = int(_all_reduce([float(len(train[2]))], device, op="min")[0])
     model = TabularMLP(**config["architecture"])
     scaling = config["scaling"]
@@ -200,11 +195,6 @@ def _train_loop(config: dict[str, Any]) -> None:
     # FLOPs per row: multiply-adds of the linear layers, x3 for forward and backward.
     flops_per_row = 6 * sum(m.weight.numel() for m in core.mlp if isinstance(m, nn.Linear))
     peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
-    if rank == 0:
-        import mlflow
-        from mlflow.entities import Metric
-
-        client = mlflow.MlflowClient(config["tracking_uri"])
     if state and state["finished"]:
         # A rerun of a configuration that already finished: hand back its checkpoint.
         _report(rank, {**best, "epoch": state["epoch"]}, state, clock)
@@ -239,7 +229,7 @@ def _train_loop(config: dict[str, Any]) -> None:
         metrics = {"epoch": epoch, "train_loss": total / count, **metrics}
         if rank == 0:
             now = int(time.time() * 1000)
-            client.log_batch(config["run_id"], metrics=[Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"])
+            clock.log_metrics([(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"])
         if metrics["valid_loss"] < best["valid_loss"]:
             best = metrics
             best_state = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
@@ -291,8 +281,6 @@ def fit(job: TrainJob) -> TrainOutcome:
         },
         "seed": job.params.seed,
         "cpus_per_worker": job.params.cpus_per_worker,
-        "tracking_uri": job.tracking_uri,
-        "run_id": job.run_id,
     }
     schedule = Schedule(metric="valid_loss", mode="min", step_name="epoch")
     result, rows, seconds, totals = run_ray_training(TorchTrainer, _train_loop, config, job, schedule, "a PyTorch MLP")

@@ -1,7 +1,8 @@
-"""XGBoost through Ray Train (V2): each worker trains on its Ray Data shard (device `cuda` when
+"""XGBoost through Ray Train (V2): each worker trains on its shard of the splits (device `cuda` when
 train.use_gpu), checkpoints every train.checkpoint_every rounds and resumes from the latest
-checkpoint; rank 0 logs the validation metrics of every round, and the training split's every
-25 rounds, to MLflow; the driver keeps the booster cut at the best round.
+checkpoint; rank 0 sends the validation metrics of every round, and the training split's every
+25 rounds, to the MLflow run (through the driver, trainers.telemetry.MetricPump); the driver
+keeps the booster cut at the best round.
 
 The training split is not in XGBoost's per-round `evals`: its AUC sorts every training row each
 round, which nearly doubled the boosting time (17.6 s against 10.0 s for 200 rounds at the
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from data2model.trainers import Schedule, TrainJob, TrainOutcome, run_ray_training, write_meta
+from data2model.trainers import Schedule, TrainJob, TrainOutcome, read_shard, run_ray_training, write_meta
 
 MODEL_FILE = "xgboost.ubj"
 _OBJECTIVES = {
@@ -72,8 +73,6 @@ class Rounds:
     """
 
     def __init__(self, config: dict[str, Any], rank: int, start: "Any | None", dtrain: Any) -> None:
-        import mlflow
-
         from data2model.trainers.telemetry import StepClock
 
         self.config, self.rank, self.dtrain, self.rows = config, rank, dtrain, dtrain.num_row()
@@ -83,8 +82,7 @@ class Rounds:
         self.best = (float(start.attr("best_score")), int(start.attr("best_iteration"))) if start is not None else None
         self.last_score = self.best[0] if self.best else float("nan")
         self.clock = StepClock(config["telemetry"], rank, self.done)
-        self.client = mlflow.MlflowClient(config["tracking_uri"]) if rank == 0 else None
-        self.pending: list[Any] = []
+        self.pending: list[tuple[str, float, int, int]] = []
 
     def callback(self):
         import xgboost
@@ -109,7 +107,7 @@ class Rounds:
             model.set_attr(best_score=str(score), best_iteration=str(round_))
         if round_ % _LOG_EVERY == 0:  # every worker: the metric is all-reduced across them
             evals_log = {**evals_log, "train": self.train_metrics(model, round_)}
-        if self.client is not None:
+        if self.rank == 0:
             self.log_round(round_, evals_log)
         if (round_ + 1) % self.config["checkpoint_every"] == 0:
             self.report(model, round_, score, finished=False)
@@ -122,24 +120,21 @@ class Rounds:
         return {name.removeprefix("train-"): [float(value)] for name, value in pairs}
 
     def log_round(self, round_: int, evals_log: dict[str, Any]) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         for data_name, metrics in evals_log.items():
             for metric, values in metrics.items():
-                self.pending.append(Metric(f"{data_name}_{metric}", float(values[-1]), now, round_))
+                self.pending.append((f"{data_name}_{metric}", float(values[-1]), now, round_))
         if len(self.pending) >= _LOG_EVERY * 4:
-            self.flush_mlflow()
+            self.flush_metrics()
         if round_ % _LOG_EVERY == 0:  # progress on the driver's console (Ray forwards worker output)
             shown = ", ".join(f"valid_{m}={v[-1]:.4f}" for m, v in evals_log.get("valid", {}).items())
             # To the process's own stdout: Ray Train's patched print also logs what goes to
             # sys.stdout, and the driver would show each line twice.
             print(f"round {round_}: {shown}", file=sys.__stdout__, flush=True)
 
-    def flush_mlflow(self) -> None:
-        if self.client is not None and self.pending:
-            self.client.log_batch(self.config["run_id"], metrics=self.pending)
-            self.pending = []
+    def flush_metrics(self) -> None:
+        self.clock.log_metrics(self.pending)
+        self.pending = []
 
     def report(self, model, round_: int, score: float, finished: bool) -> None:
         """Every worker reports (Ray Train needs the same count from each); rank 0 attaches
@@ -147,7 +142,7 @@ class Rounds:
         import ray.train
         from ray.train.xgboost import RayTrainReportCallback
 
-        self.flush_mlflow()
+        self.flush_metrics()
         metrics = {"round": round_, f"valid_{self.metric}": score, "best_iteration": self.best[1], "best_score": self.best[0]}
         if self.rank != 0:
             ray.train.report(metrics)
@@ -178,9 +173,11 @@ def _train_loop(config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     names, types = config["feature_names"], config["feature_types"]
 
+    world = ray.train.get_context().get_world_size()
+
     def shard(name: str):
-        df = ray.train.get_dataset_shard(name).materialize().to_pandas()
-        return dmatrix({n: df[n].to_numpy() for n in names}, df["label"].to_numpy(), types)
+        table = read_shard(config["splits"][name], rank, world)
+        return dmatrix({n: table[n].to_numpy() for n in names}, table["label"].to_numpy(), types)
 
     dtrain, dvalid = shard("train"), shard("valid")
     checkpoint = ray.train.get_checkpoint()
@@ -213,8 +210,6 @@ def fit(job: TrainJob) -> TrainOutcome:
         "early_stopping_rounds": job.params.xgboost.early_stopping_rounds,
         "feature_names": names,
         "feature_types": feature_types(set(pre.categorical), names),
-        "tracking_uri": job.tracking_uri,
-        "run_id": job.run_id,
     }
     schedule = Schedule(metric=f"valid_{metric}", mode="max" if metric in _MAXIMIZE else "min", step_name="boosting round")
     result, rows, seconds, totals = run_ray_training(XGBoostTrainer, _train_loop, config, job, schedule, "XGBoost")
