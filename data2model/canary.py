@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -64,18 +65,33 @@ def _post(port: int, body: bytes) -> tuple[int, dict[str, Any], float]:
         return response.status, {"message": payload.decode(errors="replace")[:500]}, elapsed
 
 
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    ready: Callable[[], int]
+
+    def serve(self, version: str) -> None:
+        """Name the version a server started without one serves."""
+        with contextlib.suppress(OSError):  # it has exited: ready() says how
+            self.proc.stdin.write(f"{version}\n")
+            self.proc.stdin.close()
+
+
 @contextlib.contextmanager
-def served(version: str, start_timeout_s: float) -> Iterator[Callable[[], int]]:
+def served(version: str | None, start_timeout_s: float) -> Iterator[Server]:
     """`d2m serve --version` started in a subprocess on a loopback socket bound here and passed
-    down (`--fd`), stopped on exit. Yields `ready()`, which waits for the server's /ping and
-    returns its port: the caller works while the server starts. A port found free and released
-    before the server binds it can be taken meanwhile, by Ray's processes for one."""
+    down (`--fd`), stopped on exit. Yields the `Server`, whose `ready()` waits for its /ping and
+    returns its port: the caller works while the server starts. With `version` None the server
+    starts before the version exists (`--version -`): it imports what it needs (about half its
+    boot) until `Server.serve(version)` names it. A port found free and released before the
+    server binds it can be taken meanwhile, by Ray's processes for one."""
     with socket.socket() as listening:
         listening.bind(("127.0.0.1", 0))
         listening.listen(128)
         port = listening.getsockname()[1]
-        proc = subprocess.Popen([sys.executable, "-m", "data2model.cli", "serve", "--version", version, "--no-log", "--fd", str(listening.fileno())],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, pass_fds=(listening.fileno(),))
+        proc = subprocess.Popen([sys.executable, "-m", "data2model.cli", "serve", "--version", version or "-", "--no-log", "--fd", str(listening.fileno())],
+                                stdin=subprocess.PIPE if version is None else subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, pass_fds=(listening.fileno(),))
     deadline: list[float] = []  # counted from the first wait: a caller busy meanwhile gives the server more time, not less
 
     def ready() -> int:
@@ -95,7 +111,7 @@ def served(version: str, start_timeout_s: float) -> Iterator[Callable[[], int]]:
             time.sleep(0.25)
 
     try:
-        yield ready
+        yield Server(proc, ready)
     finally:
         proc.terminate()
         try:
@@ -135,8 +151,8 @@ def _in_process(params: Params, name: str, version: str) -> tuple[list[dict[str,
 
 def run_canary(params: Params, name: str, version: str) -> dict[str, Any]:
     """Serve `version`, check its answers and latency; the result goes into the audit event."""
-    with served(version, params.register.canary.start_timeout_s) as ready:
-        return _check(params, name, version, ready)
+    with served(version, params.register.canary.start_timeout_s) as server:
+        return _check(params, name, version, server.ready)
 
 
 def _check(params: Params, name: str, version: str, ready: Callable[[], int]) -> dict[str, Any]:
@@ -167,19 +183,32 @@ def canary_check(params: Params) -> Callable[[str, str], dict[str, Any]] | None:
     return lambda name, version: run_canary(params, name, version)
 
 
+class Canary:
+    """The canary of one version that register has yet to create: see `canary_started`."""
+
+    def __init__(self, params: Params, name: str, server: Server) -> None:
+        self.params, self.name, self.server, self.version = params, name, server, None
+
+    def serve(self, version: str) -> Callable[[str, str], dict[str, Any]]:
+        """The version now exists: the server loads it. Returns the check promotion calls."""
+        self.version = str(version)
+        self.server.serve(self.version)
+        return self.check
+
+    def check(self, asked_name: str, asked_version: str) -> dict[str, Any]:
+        if (asked_name, str(asked_version)) != (self.name, self.version):
+            raise ValueError(f"this canary serves {self.name} version {self.version}, not {asked_name} version {asked_version}")
+        return _check(self.params, self.name, self.version, self.server.ready)
+
+
 @contextlib.contextmanager
-def canary_started(params: Params, name: str, version: str) -> Iterator[Callable[[str, str], dict[str, Any]] | None]:
-    """canary_check with the server of `version` started now, so that it boots while the
-    caller decides whether to promote (the gate scores the holdout meanwhile); stopped on exit,
-    used or not. None when the canary is off."""
+def canary_started(params: Params, name: str) -> Iterator[Canary | None]:
+    """A canary whose server starts now, before register has logged and registered the
+    version, so that its imports run meanwhile and its model loads while the gate scores
+    (`Canary.serve(version)`, then `check`); stopped on exit, used or not. None when the
+    canary is off."""
     if not params.register.canary.enabled:
         yield None
         return
-    with served(str(version), params.register.canary.start_timeout_s) as ready:
-
-        def check(asked_name: str, asked_version: str) -> dict[str, Any]:
-            if (asked_name, str(asked_version)) != (name, str(version)):
-                raise ValueError(f"this canary serves {name} version {version}, not {asked_name} version {asked_version}")
-            return _check(params, name, str(version), ready)
-
-        yield check
+    with served(None, params.register.canary.start_timeout_s) as server:
+        yield Canary(params, name, server)

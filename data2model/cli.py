@@ -230,7 +230,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default serve.port, 5001)")
     which = serve.add_mutually_exclusive_group()
     which.add_argument("--alias", help="registry alias to serve and follow (default serve.alias, champion)")
-    which.add_argument("--version", help="serve this one version and follow nothing (what the canary does before a promotion)")
+    which.add_argument("--version", help="serve this one version and follow nothing (what the canary does before a promotion); `-`: read it from stdin")
     serve.add_argument("--no-log", action="store_true", help="do not write the inference log (serve.log) for this server")
     serve.add_argument("--poll-seconds", type=float, help="how often to check where the alias points (default serve.poll_seconds)")
     serve.add_argument("--fd", type=int, help="serve on this inherited, already listening socket instead of --host/--port (socket activation; the canary uses it)")

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -185,6 +186,12 @@ def serve(params, host: str, port: int, alias: str | None, poll_seconds: float, 
     configure_logging()  # alias moves and inference-log trouble are reported on stderr
     tracking.configure(params)
     name = params.register.model_name
+    if version == "-":  # the canary started this server before the version existed: it is named on stdin
+        import mlflow.pyfunc  # noqa: F401 - what loading it needs, imported while waiting
+
+        version = sys.stdin.readline().strip()
+        if not version:
+            raise D2MError("--version -: no version came on stdin")
     slot = AliasSlot(mlflow.MlflowClient(), name, None if version else alias, poll_seconds, version)
     inference_log = InferenceLog(params.serve.log) if params.serve.log.enabled and log_requests else None
     app = create_app(slot, params.serve.max_rows, int(params.serve.max_body_mb * 1024 * 1024), inference_log)

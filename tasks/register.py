@@ -163,23 +163,24 @@ def run(params: Params) -> dict[str, Any]:
     expected = predictions_frame(calibrator.apply(scorer.predict(pre.transform(pa.Table.from_pandas(example, preserve_index=False)))), pre, threshold)
     name = params.register.model_name
     tracking.configure(params)
-    with tracking.resume_run(read_json(params.paths.train_report)["run_id"]) as active:
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=served_model.__file__,
-            artifacts={"preprocessor": params.paths.preprocessor, "model": params.paths.model_dir, "calibrator": params.paths.calibrator},
-            model_config={"threshold": threshold},
-            code_paths=[str(Path(data2model.__file__).parent)],
-            pip_requirements=requirements(scorer.meta["framework"]),
-            signature=ModelSignature(inputs=input_schema(raw), outputs=_infer_schema(expected)),
-            input_example=example,
-        )
-        challenger = mlflow.pyfunc.load_model(info.model_uri)
-        check_round_trip(expected, challenger.predict(example))
-        run_id = active.info.run_id
-    client = mlflow.MlflowClient()
-    version = mlflow.register_model(info.model_uri, name).version
-    with canary_started(params, name, version) as check:  # the candidate's server boots while the gate scores
+    with canary_started(params, name) as canary:  # its server imports while the version is logged, and loads it while the gate scores
+        with tracking.resume_run(read_json(params.paths.train_report)["run_id"]) as active:
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=served_model.__file__,
+                artifacts={"preprocessor": params.paths.preprocessor, "model": params.paths.model_dir, "calibrator": params.paths.calibrator},
+                model_config={"threshold": threshold},
+                code_paths=[str(Path(data2model.__file__).parent)],
+                pip_requirements=requirements(scorer.meta["framework"]),
+                signature=ModelSignature(inputs=input_schema(raw), outputs=_infer_schema(expected)),
+                input_example=example,
+            )
+            challenger = mlflow.pyfunc.load_model(info.model_uri)
+            check_round_trip(expected, challenger.predict(example))
+            run_id = active.info.run_id
+        client = mlflow.MlflowClient()
+        version = mlflow.register_model(info.model_uri, name).version
+        check = canary.serve(version) if canary else None
         champion = promotion.current_champion(client, name)
         rows = row_counts(params)
         tags = {

@@ -244,7 +244,8 @@ def _spawn_child() -> tuple[Any, Any]:
 
 def prestart() -> None:
     """Start great-expectations' child now, for this process's next validation: `d2m run` calls
-    it before Prefect's server has booted (flows.pipeline.warm_up), so that the child's import
+    it once Prefect's API answers (`after_boot` of flows.pipeline.warm_up: started during the
+    server's boot, the child slowed it by more than it gained), so that the child's import
     (3.5-5 s) is done when validate begins. A child never used ends with this process, or with
     `discard_spare`."""
     if not _SPARE:

@@ -225,17 +225,18 @@ def test_the_canary_serves_on_a_socket_it_bound_itself(served_project, monkeypat
 
     champion = registry(served_project).get_model_version_by_alias(MODEL, "champion").version
     monkeypatch.chdir(served_project)
-    with served(str(champion), 120) as ready:
-        port = ready()
+    with served(str(champion), 120) as server:
+        port = server.ready()
         status, _, doc = call(port, "/version")
     assert status == 200 and doc["version"] == str(champion) and doc["alias"] is None  # pinned, as the canary runs it
     with pytest.raises(OSError):
         call(port, "/ping")  # stopped with the block
 
 
-def test_the_registers_canary_boots_its_server_at_once_and_stops_it_used_or_not(served_project, monkeypatch):
-    """register starts the candidate's server as soon as the version exists, so that it boots
-    while the gate scores; the check then runs against it, and the block stops it either way."""
+def test_the_registers_canary_boots_its_server_before_the_version_exists_and_stops_it_used_or_not(served_project, monkeypatch):
+    """register starts the candidate's server before it logs and registers the version, so
+    that it imports meanwhile; named the version, it loads it while the gate scores; the check
+    then runs against it, and the block stops it either way."""
     import psutil
 
     from data2model.canary import canary_started
@@ -246,15 +247,17 @@ def test_the_registers_canary_boots_its_server_at_once_and_stops_it_used_or_not(
     params = load_params()
 
     def servers() -> list[psutil.Process]:
-        return [p for p in psutil.Process().children() if p.cmdline()[-6:-3] == ["serve", "--version", str(champion)]]
+        return [p for p in psutil.Process().children() if p.cmdline()[-6:-3] == ["serve", "--version", "-"]]
 
     for used in (True, False):
-        with canary_started(params, MODEL, champion) as check:
+        with canary_started(params, MODEL) as canary:
             running = servers()
-            assert len(running) == 1  # started on entry, before any check
+            assert len(running) == 1  # started on entry, before any version is named
             if used:
+                check = canary.serve(champion)
                 outcome = check(MODEL, str(champion))
                 assert outcome["passed"] and 0 < outcome["rows"] <= params.register.canary.rows, outcome
+                assert call(canary.server.ready(), "/version")[2]["version"] == str(champion)
                 with pytest.raises(ValueError, match=f"not {MODEL} version 999"):
                     check(MODEL, "999")
         assert not running[0].is_running()

@@ -67,7 +67,7 @@ def init_ray(params: Train) -> None:
     """Join RAY_ADDRESS if set, else start (once per process) a local Ray.
 
     The cluster needs the CPUs the training workers ask for, and no more: the splits are read
-    by this process before the workers start (`read_split`). A local Ray is given that many
+    by this process into the object store before the workers start (`put_split`). A local Ray is given that many
     logical CPUs (oversubscribing a small machine is slower, never stuck); a cluster must have them.
     One call at a time: a stage's call waits for the warm-up thread's (flows.pipeline.warm_up).
     """
@@ -234,7 +234,7 @@ def put_split(path: Path, rows_per_block: int = 65_536) -> Blocks:
     workspace need not be shared between hosts.
 
     Not through Ray Data: its executor started inside each worker before training (1.7 s of a
-    1x train stage; `read_split` in BENCHMARKS.md), and read by its tasks the default split took
+    1x train stage; `put_split` in BENCHMARKS.md), and read by its tasks the default split took
     3.5 s against 0.6 s, because each read starts Ray worker processes. Both trainers load their
     whole shard into memory, so nothing is held that they would not hold anyway."""
     import pyarrow as pa
