@@ -1,7 +1,8 @@
 """Ray Train XGBoost (the pipeline's trainer, 1 and 2 workers) against plain `xgboost.train` on
 the same data and booster params, in one run. Each side is timed from the Parquet files to a
 trained booster, with a fixed number of rounds (no early stopping) so both do the same work;
-Ray's side includes its start-up, Ray Data reading, checkpoints and telemetry.
+Ray's side includes its start-up, the splits put in Ray's object store and read by the
+workers, checkpoints and telemetry.
 
 Needs the pipeline's split (`make run`, or the ingest..split stages). `--scale N` trains on the
 train split repeated N times (same distribution, N times the rows).

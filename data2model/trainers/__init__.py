@@ -67,8 +67,9 @@ def init_ray(params: Train) -> None:
     """Join RAY_ADDRESS if set, else start (once per process) a local Ray.
 
     The cluster needs the CPUs the training workers ask for, and no more: the splits are read
-    by this process into the object store before the workers start (`put_split`). A local Ray is given that many
-    logical CPUs (oversubscribing a small machine is slower, never stuck); a cluster must have them.
+    by this process into the object store before the workers start (`put_split`). A local Ray
+    is given that many logical CPUs (oversubscribing a small machine is slower, never stuck); a
+    cluster must have them.
     One call at a time: a stage's call waits for the warm-up thread's (flows.pipeline.warm_up).
     """
     with _RAY_INIT:
