@@ -21,6 +21,7 @@ import mlflow
 import pyarrow.csv as pacsv
 import pytest
 
+from data2model import services
 from data2model.services import alive
 from tests.conftest import ROOT, commit_params, prefect_api, free_port, isolated_env, make_project_copy, sh, small_flights
 
@@ -149,7 +150,7 @@ def test_the_cron_schedule_gets_its_runs_and_the_server_logs_no_error(stack):
     while not scheduled and time.monotonic() < deadline:
         time.sleep(1)
         scheduled = [r for r in api(stack, "POST", "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}}) if r["auto_scheduled"]]
-    log = (stack.project / ".d2m/logs/prefect-server.log").read_text()
+    log = (stack.project / services.STATE_DIR / "logs/prefect-server.log").read_text()
     assert scheduled, "no scheduled run within 180 s; the server's log:\n" + log[-3000:]
     assert all(r["state_type"] == "SCHEDULED" and time.strftime("T%H:%M:00", FIRES_AT) in r["expected_start_time"] for r in scheduled), scheduled
     errors = [line for line in log.splitlines() if "| ERROR" in line]
@@ -270,7 +271,8 @@ def test_d2m_run_in_the_terminal_reports_to_the_server_up_started(stack):
     assert proc.returncode == 0, out[-4000:]
     assert f"Prefect: the server `d2m up` started, {stack.prefect} (the run shows in its UI)" in out
     assert "temporary API server" not in out
-    (run,) = [r for r in api(stack, "POST", "/flow_runs/filter", {}) if r["id"] not in before and not r["auto_scheduled"]]
+    (run_id,) = runs_started(stack) - before
+    run = api(stack, "GET", f"/flow_runs/{run_id}")
     assert run["state_type"] == "COMPLETED" and run["deployment_id"] is None  # this run, not a deployment's
     assert f"View at {stack.prefect}/runs/flow-run/{run['id']}" in out
 
