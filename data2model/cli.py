@@ -30,23 +30,24 @@ PREFECT_DEFAULTS = {
 def _run(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(text) for text in args.set)
     params = check_overrides(overrides) if overrides else None  # bad overrides fail here, before Prefect starts
-    due = None
     if params is None:
         load_params()  # a missing or broken params.yaml is a usage error, whichever path runs
-        from data2model.dag import stages_due
-
-        due = stages_due()
-        if due == [] and not args.flow_always:
-            print("nothing to run: every stage is up to date (DVC), so no flow run was started; `d2m status` shows the model and its metrics")
-            return 0
     for key, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
     from data2model.services import prefect_api
-    from data2model.status import describe
 
     start = time.perf_counter()
-    with prefect_api() as api_ready:
-        from flows.pipeline import cool_down, pipeline, warm_up  # Prefect's flow machinery, once its API is set
+    with prefect_api() as api_ready:  # a temporary server boots from here on, beside DVC's and Prefect's imports
+        due = None
+        if params is None:
+            from data2model.dag import stages_due
+
+            due = stages_due()
+            if due == [] and not args.flow_always:
+                print("nothing to run: every stage is up to date (DVC), so no flow run was started; `d2m status` shows the model and its metrics")
+                return 0
+        from data2model.status import describe
+        from flows.pipeline import cool_down, pipeline, warm_up  # Prefect's flow machinery
 
         try:
             after_boot = warm_up(due or [])

@@ -127,16 +127,16 @@ def prefect_api() -> Iterator[Callable[[], None]]:
     """The Prefect API this process's flow runs report to: PREFECT_API_URL (environment or
     profile) when set; else the server `d2m up` started in this project, when it answers, so
     that the run shows in its UI; else a temporary API server for this run, stopped when the
-    block ends.
+    block ends. Yields a function that returns once the API answers.
 
     The temporary server is the one Prefect's client would start for itself (the same command:
-    `prefect.server.api.server:create_app` under uvicorn, no UI, Prefect's settings), on a
-    loopback socket bound here; started here, it boots while this process opens MLflow and starts Ray,
-    without importing Prefect's server into this process first (1.5 s) as the client does.
-    Yields a function that returns once the API answers."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, get_current_settings
-
-    if PREFECT_API_URL.value():
+    `prefect.server.api.server:create_app` under uvicorn, no UI), on a loopback socket bound
+    here. It is spawned on entering the block, before this process imports Prefect (0.7 s) and
+    asks DVC what is due, so that its boot (about 4 s of one core) runs beside them; Prefect's
+    client would import Prefect's server into this process first (1.5 s). It reads its settings
+    from the same environment, profile and project files as this process. Leaving the block
+    before the function was called (nothing was due) stops it unused."""
+    if os.environ.get("PREFECT_API_URL"):
         yield lambda: None
         return
     served = up_server()
@@ -145,7 +145,7 @@ def prefect_api() -> Iterator[Callable[[], None]]:
         with _reporting_to(f"{served}/api", served):
             yield lambda: None
         return
-    env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True), "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
     # The server gets a socket already bound and listening (uvicorn --fd): a port found free
     # and then released can be taken before the server binds it (Ray, starting meanwhile, took
     # one in CI and answered the health check in gRPC).
@@ -155,21 +155,33 @@ def prefect_api() -> Iterator[Callable[[], None]]:
         address = f"http://{HOST}:{listening.getsockname()[1]}"
         command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app", "--fd", str(listening.fileno()), "--log-level", "error", "--lifespan", "on"]
         proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, pass_fds=(listening.fileno(),))
-    print(f"Prefect: temporary API server for this run on {address} (`d2m up` keeps a server running, with the UI)", flush=True)
 
-    def ready() -> None:
-        wait_for("Prefect's temporary API server", lambda: _get(f"{address}/api/health") is True, proc, None, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), every=0.1)
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
-    try:
-        with _reporting_to(f"{address}/api", ""):  # no UI on this server, so no "View at" link to one
-            yield ready
-    finally:
-        proc.terminate()
+    with contextlib.ExitStack() as reporting:
+
+        def ready() -> None:
+            from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+            if PREFECT_API_URL.value():  # set in the active profile: the runs report there
+                stop()
+                return
+            print(f"Prefect: temporary API server for this run on {address} (`d2m up` keeps a server running, with the UI)", flush=True)
+            wait_for("Prefect's temporary API server", lambda: _get(f"{address}/api/health") is True, proc, None, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), every=0.1)
+            reporting.enter_context(_reporting_to(f"{address}/api", ""))  # no UI on this server, so no "View at" link to one
+
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            yield ready
+        finally:
+            reporting.close()  # the last logs and events go out while the server still answers
+            stop()
 
 
 @contextlib.contextmanager

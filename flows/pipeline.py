@@ -251,8 +251,9 @@ def warm_up(due: Collection[str]) -> Callable[[], None]:
     wait for one after another. For train, the MLflow store opens now, in a thread. The returned
     function, called once Prefect's server has booted (the boot wants the 2 cores a laptop has),
     starts validate's great-expectations process (`tasks.validate.prestart`: its import then runs
-    beside ingest) and, for train, a local Ray in another thread. The stages' own calls wait for
-    them (init_ray and tracking.configure take a lock). Ray ties its processes' lives to the
+    beside ingest) and, for train, a local Ray in another thread, which then imports the
+    framework's Ray Train trainer (`trainers.prepare`). The stages' own calls wait for them
+    (init_ray and tracking.configure take a lock; an import under way is waited for). Ray ties its processes' lives to the
     thread that starts them, so that thread lives, idle, until shutdown_ray; `cool_down` ends
     what no stage used.
 
@@ -268,17 +269,17 @@ def warm_up(due: Collection[str]) -> Callable[[], None]:
 
             validate.prestart()
         if "train" in due:
-            from data2model.trainers import init_ray
+            from data2model.trainers import prepare
 
-            keeper = threading.Thread(target=_keep_ray, args=(init_ray, params.train), name="d2m-ray", daemon=True)
+            keeper = threading.Thread(target=_keep_ray, args=(prepare, params.train), name="d2m-ray", daemon=True)
             keeper.start()
             _RAY_KEEPER.append(keeper)
 
     return after_boot
 
 
-def _keep_ray(init_ray: Any, train: Any) -> None:
-    _quietly(init_ray, train)
+def _keep_ray(prepare: Any, train: Any) -> None:
+    _quietly(prepare, train)
     _RAY_STOP.wait()
     _stop_ray()
 

@@ -139,7 +139,7 @@ def kill_a_worker_after_first_checkpoint(job: TrainJob, killed: list[int]) -> th
 
 def test_xgboost_survives_a_killed_worker(ray_cluster, tracking_uri, tmp_path):
     """Ray Train registers a reported checkpoint at its controller's next health check (every
-    0.5 s as init_ray sets it; 2 s by Ray's default), so an interval of 100 rounds of ~18 ms
+    0.1 s as init_ray sets it; 2 s by Ray's default), so an interval of 100 rounds of ~18 ms
     (1.8 s, longer under load) is what keeps the kill, made the moment the first checkpoint is
     registered, inside the interval after it. With Ray's 2 s, 101 rounds were repeated: the next
     checkpoint was reported, not yet registered, when the worker died. No early stopping: both

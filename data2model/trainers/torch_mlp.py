@@ -23,6 +23,7 @@ from data2model.preprocess import LABEL
 from data2model.trainers import Blocks, Schedule, TrainJob, TrainOutcome, read_shard, run_ray_training, write_meta
 
 MODEL_FILE = "torch.pt"
+TRAINER = "ray.train.torch"  # what fit imports first (trainers.prepare imports it ahead)
 _EVAL_BATCH = 65536
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from data2model.trainers import Schedule, TrainJob, TrainOutcome, read_shard, run_ray_training, write_meta
 
 MODEL_FILE = "xgboost.ubj"
+TRAINER = "ray.train.xgboost"  # what fit imports first (trainers.prepare imports it ahead)
 _OBJECTIVES = {
     "binary": ("binary:logistic", ["logloss", "auc"]),
     "multiclass": ("multi:softprob", ["merror", "mlogloss"]),
