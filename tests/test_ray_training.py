@@ -230,6 +230,36 @@ def test_use_gpu_without_a_gpu_is_a_clear_error_not_a_wait(ray_cluster):
         init_ray(Train(num_workers=2, use_gpu=True))
 
 
+def test_prepare_starts_the_autoscaling_coordinator_that_fit_asks_for(ray_cluster):
+    """trainers.prepare (the run's warm-up) starts Ray Train's autoscaling coordinator, through
+    the function Ray Train's controller calls at each fit to get it by name: the controller
+    then finds it running instead of starting it and waiting."""
+    import ray
+    from ray.data._internal.cluster_autoscaler import default_autoscaling_coordinator
+    from ray.train.v2._internal.execution.scaling_policy import autoscaling_coordinator_client
+
+    from data2model.trainers import prepare
+
+    assert autoscaling_coordinator_client.get_or_create_autoscaling_coordinator is default_autoscaling_coordinator.get_or_create_autoscaling_coordinator
+    name = {"name": "AutoscalingCoordinator", "namespace": "AutoscalingCoordinator"}
+    try:  # an earlier fit of this module's Ray started one: it is detached, so it stays
+        ray.kill(ray.get_actor(**name))
+    except ValueError:
+        pass
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(**name)
+        except ValueError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the earlier coordinator did not stop")
+    prepare(xgb_params())
+    coordinator = ray.get_actor(**name)
+    assert ray.get(coordinator.__ray_ready__.remote(), timeout=60)
+
+
 def test_run_name_follows_what_shapes_the_model(tmp_path):
     for part, content in (("train", b"t"), ("valid", b"v"), ("pre", b"p")):
         (tmp_path / part).write_bytes(content)

@@ -295,13 +295,30 @@ def framework(params: Train) -> Any:
 
 
 def prepare(params: Train) -> None:
-    """What a `fit` would otherwise wait for first: Ray (`init_ray`) and the import of the
+    """What a `fit` would otherwise wait for first: Ray (`init_ray`), the import of the
     framework's Ray Train trainer (`TRAINER`; ray.train.xgboost took 0.9 s of the train stage at
-    1x). flows.pipeline.warm_up calls it from a thread while the data stages run."""
+    1x) and Ray Train's autoscaling coordinator (`start_coordinator`). flows.pipeline.warm_up
+    calls it from a thread while the data stages run."""
     import importlib
 
     init_ray(params)
     importlib.import_module(framework(params).TRAINER)
+    start_coordinator()
+
+
+def start_coordinator() -> None:
+    """Start the actor that each `fit`'s controller asks for resources before it starts the
+    worker group: Ray Train gets it by name, or creates it (a detached actor, kept between runs
+    on a cluster) and waits for it, about 1 s of each 1x `fit` on 2 CPUs. Created here, from the
+    driver, it takes one of the worker processes Ray started idle, where the controller's own
+    would start a new one. The function is Ray's own (ray.data internals, Ray 2.60): if a Ray
+    upgrade moves it, nothing is started here and `fit` starts the actor as before."""
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import get_or_create_autoscaling_coordinator
+    except ImportError:
+        log.debug("Ray Train's autoscaling coordinator is not where Ray 2.60 keeps it: fit starts it")
+        return
+    get_or_create_autoscaling_coordinator()
 
 
 def fit(job: TrainJob) -> TrainOutcome:
