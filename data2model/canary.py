@@ -201,14 +201,39 @@ class Canary:
         return _check(self.params, self.name, self.version, self.server.ready)
 
 
+_SPARE: list[tuple[contextlib.ExitStack, Server]] = []  # a server started by `prestart`, for the next canary
+
+
+def _start(params: Params) -> tuple[contextlib.ExitStack, Server]:
+    """A server for a version not yet named (`served(None, ...)`), and what stops it."""
+    stack = contextlib.ExitStack()
+    return stack, stack.enter_context(served(None, params.register.canary.start_timeout_s))
+
+
+def prestart(params: Params) -> None:
+    """Start the next canary's server now, before register begins: `d2m run` calls it as train
+    begins (flows.pipeline.warm_up), so that the server's imports run on the core that training
+    leaves idle instead of beside register's work. The tracking store must exist (the server
+    opens it as it starts). A server no canary took is stopped by `discard_spare`."""
+    if params.register.canary.enabled and not _SPARE:
+        _SPARE.append(_start(params))
+
+
+def discard_spare() -> None:
+    """Stop a prestarted server that no canary took (the run ended before register)."""
+    while _SPARE:
+        _SPARE.pop()[0].close()
+
+
 @contextlib.contextmanager
 def canary_started(params: Params, name: str) -> Iterator[Canary | None]:
-    """A canary whose server starts now, before register has logged and registered the
-    version, so that its imports run meanwhile and its model loads while the gate scores
-    (`Canary.serve(version)`, then `check`); stopped on exit, used or not. None when the
-    canary is off."""
+    """A canary whose server starts now (or was started by `prestart`), before register has
+    logged and registered the version, so that its imports run meanwhile and its model loads
+    while the gate scores (`Canary.serve(version)`, then `check`); stopped on exit, used or not.
+    None when the canary is off."""
     if not params.register.canary.enabled:
         yield None
         return
-    with served(None, params.register.canary.start_timeout_s) as server:
+    stack, server = _SPARE.pop() if _SPARE else _start(params)
+    with stack:
         yield Canary(params, name, server)

@@ -161,6 +161,7 @@ def _run_stages(params: Params, logger) -> dict[str, Any] | State:
     order = stage_order()
     last_ray = last_ray_stage(order, params)
     for index, name in enumerate(order):
+        _BEFORE_STAGE.pop(name, _nothing)()
         state = stage_task.with_options(task_run_name=name)(name, return_state=True)
         if state.is_failed():  # the run ends Failed with the stage's message; later stages never start
             create_markdown_artifact(_failure_markdown(name, state.message, params), key="data2model-run", description=f"failed at {name}")
@@ -244,6 +245,11 @@ def _create_all(calls: list[tuple[Callable[..., Any], dict[str, Any]]]) -> None:
 
 _RAY_KEEPER: list[threading.Thread] = []
 _RAY_STOP = threading.Event()
+_BEFORE_STAGE: dict[str, Callable[[], None]] = {}  # what warm_up starts as a stage begins, by stage
+
+
+def _nothing() -> None:
+    return None
 
 
 def warm_up(due: Collection[str]) -> Callable[[], None]:
@@ -254,8 +260,10 @@ def warm_up(due: Collection[str]) -> Callable[[], None]:
     beside ingest) and, for train, a local Ray in another thread, which then imports the
     framework's Ray Train trainer (`trainers.prepare`). The stages' own calls wait for them
     (init_ray and tracking.configure take a lock; an import under way is waited for). Ray ties its processes' lives to the
-    thread that starts them, so that thread lives, idle, until shutdown_ray; `cool_down` ends
-    what no stage used.
+    thread that starts them, so that thread lives, idle, until shutdown_ray. When register is
+    due after train, the canary's server starts as train begins (`canary.prestart`), its
+    imports beside training, which leaves a core idle on a laptop. `cool_down` ends what no
+    stage used.
 
     Nothing here can fail the run: a problem (no tracking server, too few CPUs) is raised again
     by the stage that meets it, inside the flow run, where the UI shows it."""
@@ -275,7 +283,17 @@ def warm_up(due: Collection[str]) -> Callable[[], None]:
             keeper.start()
             _RAY_KEEPER.append(keeper)
 
+    if "train" in due and "register" in due:
+        _BEFORE_STAGE["train"] = lambda: _quietly(_prestart_canary)
     return after_boot
+
+
+def _prestart_canary() -> None:
+    from data2model import canary
+
+    params = load_params()  # this run's, overrides included
+    tracking.configure(params)  # the server opens the store as it starts: it must exist (waits for warm_up's thread)
+    canary.prestart(params)
 
 
 def _keep_ray(prepare: Any, train: Any) -> None:
@@ -307,12 +325,15 @@ def shutdown_ray() -> None:
 
 
 def cool_down() -> None:
-    """What `d2m run` calls at its end: stop the warm-up's Ray (shutdown_ray) and a prestarted
-    great-expectations process that no validation took."""
+    """What `d2m run` calls at its end: stop the warm-up's Ray (shutdown_ray), and a prestarted
+    great-expectations process or canary server that no stage took."""
     shutdown_ray()
+    _BEFORE_STAGE.clear()
+    from data2model import canary
     from tasks import validate
 
     validate.discard_spare()
+    canary.discard_spare()
 
 
 def _stop_ray() -> None:

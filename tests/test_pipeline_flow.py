@@ -95,10 +95,13 @@ def test_ray_is_released_after_the_last_stage_that_runs_ray_work():
 RELEASE = """
 import time
 import ray
+from data2model import canary
 from flows import pipeline
 
-after_boot = pipeline.warm_up(["train"])
+after_boot = pipeline.warm_up(["train", "register"])
 after_boot()
+pipeline._BEFORE_STAGE.pop("train")()  # what the flow calls as train begins: the canary's server starts
+((_, server),) = canary._SPARE
 (keeper,) = pipeline._RAY_KEEPER
 deadline = time.monotonic() + 120
 while not ray.is_initialized() and time.monotonic() < deadline:
@@ -109,12 +112,14 @@ pipeline.release_ray()
 keeper.join(60)
 assert not keeper.is_alive(), "release_ray did not stop the warm-up thread"
 assert not ray.is_initialized(), "Ray is still up after release_ray"
-pipeline.cool_down()  # what `d2m run` calls at the end: nothing left to wait for
+pipeline.cool_down()  # what `d2m run` calls at the end: nothing left to wait for but the unused canary server
+assert not canary._SPARE and server.proc.poll() is not None, "cool_down left the prestarted canary server running"
 print("released")
 """
 
 
 def test_release_ray_stops_the_warm_up_ray_in_its_own_thread(project):
-    """The flow releases Ray once the last stage has finished; the thread that started it stops it."""
+    """The flow releases Ray once the last stage has finished; the thread that started it stops it.
+    A canary server started as train began and never taken is stopped at the end."""
     proc = sh([sys.executable, "-c", RELEASE], project, timeout=300)
     assert proc.stdout.strip().endswith("released")

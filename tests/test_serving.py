@@ -263,6 +263,30 @@ def test_the_registers_canary_boots_its_server_before_the_version_exists_and_sto
         assert not running[0].is_running()
 
 
+def test_a_prestarted_canary_server_is_the_one_register_takes_and_an_unused_one_is_stopped(served_project, monkeypatch):
+    """`d2m run` starts the canary's server as train begins (flows.pipeline.warm_up): register's
+    canary takes that server and checks the version against it; a run that ends before register
+    stops it (`discard_spare`)."""
+    from data2model import canary
+    from data2model.params import load_params
+
+    champion = registry(served_project).get_model_version_by_alias(MODEL, "champion").version
+    monkeypatch.chdir(served_project)
+    params = load_params()
+    canary.prestart(params)
+    canary.prestart(params)  # a second call keeps the one server
+    assert len(canary._SPARE) == 1
+    prestarted = canary._SPARE[0][1]
+    with canary.canary_started(params, MODEL) as started:
+        assert started.server is prestarted and not canary._SPARE
+        assert started.serve(champion)(MODEL, str(champion))["passed"]
+    assert prestarted.proc.poll() is not None  # stopped with the block
+    canary.prestart(params)
+    (_, unused), = canary._SPARE
+    canary.discard_spare()
+    assert unused.proc.poll() is not None and not canary._SPARE
+
+
 @pytest.mark.parametrize(
     ("artifacts", "words"),
     [("kept", "probability differs from in-process predict"), ("lost", "does not load"), ("raising", "fails in-process predict on its holdout rows: ZeroDivisionError")],
