@@ -141,6 +141,11 @@ def prefect_api() -> Iterator[Callable[[], None]]:
         return
     served = up_server()
     if served:
+        from prefect.settings import PREFECT_API_URL
+
+        if PREFECT_API_URL.value():  # set in the active profile: that API comes first
+            yield lambda: None
+            return
         print(f"Prefect: the server `d2m up` started, {served} (the run shows in its UI)", flush=True)
         with _reporting_to(f"{served}/api", served):
             yield lambda: None

@@ -161,7 +161,8 @@ def _run_stages(params: Params, logger) -> dict[str, Any] | State:
     order = stage_order()
     last_ray = last_ray_stage(order, params)
     for index, name in enumerate(order):
-        _BEFORE_STAGE.pop(name, _nothing)()
+        if (start := _BEFORE_STAGE.pop(name, None)) is not None:
+            start()
         state = stage_task.with_options(task_run_name=name)(name, return_state=True)
         if state.is_failed():  # the run ends Failed with the stage's message; later stages never start
             create_markdown_artifact(_failure_markdown(name, state.message, params), key="data2model-run", description=f"failed at {name}")
@@ -248,18 +249,15 @@ _RAY_STOP = threading.Event()
 _BEFORE_STAGE: dict[str, Callable[[], None]] = {}  # what warm_up starts as a stage begins, by stage
 
 
-def _nothing() -> None:
-    return None
-
-
 def warm_up(due: Collection[str]) -> Callable[[], None]:
     """Start, beside the flow's first stages, what the stages that are `due` would otherwise
     wait for one after another. For train, the MLflow store opens now, in a thread. The returned
     function, called once Prefect's server has booted (the boot wants the 2 cores a laptop has),
     starts validate's great-expectations process (`tasks.validate.prestart`: its import then runs
     beside ingest) and, for train, a local Ray in another thread, which then imports the
-    framework's Ray Train trainer (`trainers.prepare`). The stages' own calls wait for them
-    (init_ray and tracking.configure take a lock; an import under way is waited for). Ray ties its processes' lives to the
+    framework's Ray Train trainer and starts Ray Train's autoscaling coordinator
+    (`trainers.prepare`). The stages' own calls wait for them (init_ray and tracking.configure
+    take a lock; an import under way is waited for). Ray ties its processes' lives to the
     thread that starts them, so that thread lives, idle, until shutdown_ray. When register is
     due after train, the canary's server starts as train begins (`canary.prestart`), its
     imports beside training, which leaves a core idle on a laptop. `cool_down` ends what no
