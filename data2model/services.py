@@ -179,7 +179,10 @@ def prefect_api() -> Iterator[Callable[[], None]]:
                 stop()
                 return
             print(f"Prefect: temporary API server for this run on {address} (`d2m up` keeps a server running, with the UI)", flush=True)
-            wait_for("Prefect's temporary API server", lambda: _get(f"{address}/api/health") is True, proc, None, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), every=0.1)
+            # /ready, not /health: it opens the database, and the server's first request to do so
+            # took 0.2 s alone and 1.4 s once Ray and great-expectations' process were starting
+            # beside it (warm_up's after_boot), on the flow's path; done here, it is off that path.
+            wait_for("Prefect's temporary API server", lambda: _get(f"{address}/api/ready") == {"message": "OK"}, proc, None, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), every=0.1)
             reporting.enter_context(_reporting_to(f"{address}/api", ""))  # no UI on this server, so no "View at" link to one
             # No flow-run heartbeats: they tell a server that a run is alive, and nothing but this
             # run uses this server; the engine's heartbeat thread sleeps a second at a time, and
