@@ -102,7 +102,7 @@ def stale_stages() -> list[str]:
 
 def stages_due() -> list[str] | None:
     """What `d2m run` would run now ([] when every stage is up to date, so it can answer at once
-    instead of starting Prefect to skip every stage), or None when that cannot be told without
+    instead of starting a flow run to skip every stage), or None when that cannot be told without
     waiting: another run holds the workspace, or this is not a DVC project (the flow says so)."""
     from dvc.exceptions import DvcException
 
