@@ -132,7 +132,7 @@ def prefect_api() -> Iterator[Callable[[], None]]:
     The temporary server is the one Prefect's client would start for itself (the same command:
     `prefect.server.api.server:create_app` under uvicorn, no UI), on a loopback socket bound
     here. It is spawned on entering the block, before this process imports Prefect (0.7 s) and
-    asks DVC what is due, so that its boot (about 4 s of one core) runs beside them; Prefect's
+    asks DVC what is due, so that its boot (2.6-3 s of one core alone) runs beside them; Prefect's
     client would import Prefect's server into this process first (1.5 s). It reads its settings
     from the same environment, profile and project files as this process. Leaving the block
     before the function was called (nothing was due) stops it unused."""
