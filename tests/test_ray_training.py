@@ -4,6 +4,7 @@ telemetry that reaches MLflow. Tables come from test_torch_mlp's learnable gener
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -242,10 +243,8 @@ def test_prepare_starts_the_autoscaling_coordinator_that_fit_asks_for(ray_cluste
 
     assert autoscaling_coordinator_client.get_or_create_autoscaling_coordinator is default_autoscaling_coordinator.get_or_create_autoscaling_coordinator
     name = {"name": "AutoscalingCoordinator", "namespace": "AutoscalingCoordinator"}
-    try:  # an earlier fit of this module's Ray started one: it is detached, so it stays
+    with contextlib.suppress(ValueError):  # none yet; else an earlier fit of this module's Ray started it (detached, so it stays)
         ray.kill(ray.get_actor(**name))
-    except ValueError:
-        pass
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
