@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -78,13 +79,15 @@ class Server:
 
 
 @contextlib.contextmanager
-def served(version: str | None, start_timeout_s: float) -> Iterator[Server]:
+def served(version: str | None, start_timeout_s: float, background: bool = False) -> Iterator[Server]:
     """`d2m serve --version` started in a subprocess on a loopback socket bound here and passed
     down (`--fd`), stopped on exit. Yields the `Server`, whose `ready()` waits for its /ping and
     returns its port: the caller works while the server starts. With `version` None the server
     starts before the version exists (`--version -`): it imports what it needs (about half its
     boot) until `Server.serve(version)` names it. A port found free and released before the
-    server binds it can be taken meanwhile, by Ray's processes for one."""
+    server binds it can be taken meanwhile, by Ray's processes for one. A `background` server
+    runs at the lowest CPU priority (nice 19): started ahead of its use, it takes only the CPU
+    that other work leaves idle."""
     with socket.socket() as listening:
         listening.bind(("127.0.0.1", 0))
         listening.listen(128)
@@ -92,6 +95,9 @@ def served(version: str | None, start_timeout_s: float) -> Iterator[Server]:
         proc = subprocess.Popen([sys.executable, "-m", "data2model.cli", "serve", "--version", version or "-", "--no-log", "--fd", str(listening.fileno())],
                                 stdin=subprocess.PIPE if version is None else subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True, pass_fds=(listening.fileno(),))
+    if background and hasattr(os, "setpriority"):
+        with contextlib.suppress(OSError):  # it has exited already: ready() says how
+            os.setpriority(os.PRIO_PROCESS, proc.pid, 19)
     deadline: list[float] = []  # counted from the first wait: a caller busy meanwhile gives the server more time, not less
 
     def ready() -> int:
@@ -204,19 +210,20 @@ class Canary:
 _SPARE: list[tuple[contextlib.ExitStack, Server]] = []  # a server started by `prestart`, for the next canary
 
 
-def _start(params: Params) -> tuple[contextlib.ExitStack, Server]:
+def _start(params: Params, background: bool = False) -> tuple[contextlib.ExitStack, Server]:
     """A server for a version not yet named (`served(None, ...)`), and what stops it."""
     stack = contextlib.ExitStack()
-    return stack, stack.enter_context(served(None, params.register.canary.start_timeout_s))
+    return stack, stack.enter_context(served(None, params.register.canary.start_timeout_s, background))
 
 
 def prestart(params: Params) -> None:
     """Start the next canary's server now, before register begins: `d2m run` calls it as train
     begins (flows.pipeline.warm_up), so that the server's imports run on the core that training
-    leaves idle instead of beside register's work. The tracking store must exist (the server
+    leaves idle instead of beside register's work; at the lowest CPU priority, they do not slow
+    Ray Train's start, which wants both cores first. The tracking store must exist (the server
     opens it as it starts). A server no canary took is stopped by `discard_spare`."""
     if params.register.canary.enabled and not _SPARE:
-        _SPARE.append(_start(params))
+        _SPARE.append(_start(params, background=True))
 
 
 def discard_spare() -> None:

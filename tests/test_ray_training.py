@@ -293,3 +293,32 @@ def test_telemetry_flags_stragglers_and_counts_repeated_steps():
     assert values[("worker0_step_seconds", 12)] == 0.5  # the rerun of a step wins
     assert values[("rows_per_second", 12)] == pytest.approx(600)
     assert [values[("checkpoint_save_seconds", s)] for s in (9, 19)] == [0.2, 0.4]
+
+
+def test_ray_env_turns_the_preemption_watcher_off_on_a_local_ray_only(monkeypatch):
+    """Ray Train reads this variable in its controller; a local Ray's one node is never drained."""
+    from ray.train.v2._internal.constants import ENABLE_PREEMPTION_WATCHER_ENV_VAR
+
+    from data2model.trainers import PREEMPTION_WATCHER, ray_env
+
+    assert PREEMPTION_WATCHER == ENABLE_PREEMPTION_WATCHER_ENV_VAR  # the name Ray Train reads (Ray 2.60)
+    monkeypatch.delenv(PREEMPTION_WATCHER, raising=False)
+    assert ray_env(local=True)[PREEMPTION_WATCHER] == "0"
+    assert PREEMPTION_WATCHER not in ray_env(local=False)
+    monkeypatch.setenv(PREEMPTION_WATCHER, "1")  # the user's setting wins
+    assert ray_env(local=True)[PREEMPTION_WATCHER] == "1"
+
+
+@pytest.mark.parametrize(("workers", "imports_xgboost"), [(1, False), (2, True)])
+def test_only_several_xgboost_workers_make_the_controller_import_xgboost(workers, imports_xgboost):
+    """fit's controller unpickles the trainer's backend config: XGBoost's (for its Rabit tracker)
+    imports xgboost there, 0.8 s of each fit's start; one worker has no peer and gets the plain
+    one. Unpickled here in a fresh interpreter, as the controller's process does."""
+    import pickle
+    import subprocess
+    import sys
+
+    config = xgboost_ray.trainer_class(workers)(lambda: None).backend_config
+    code = "import pickle, sys; pickle.loads(sys.stdin.buffer.read()); print('xgboost' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(config), capture_output=True, check=True).stdout
+    assert out.decode().strip() == str(imports_xgboost)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import subprocess
 import threading
@@ -264,9 +265,9 @@ def test_the_registers_canary_boots_its_server_before_the_version_exists_and_sto
 
 
 def test_a_prestarted_canary_server_is_the_one_register_takes_and_an_unused_one_is_stopped(served_project, monkeypatch):
-    """`d2m run` starts the canary's server as train begins (flows.pipeline.warm_up): register's
-    canary takes that server and checks the version against it; a run that ends before register
-    stops it (`discard_spare`)."""
+    """`d2m run` starts the canary's server as train begins (flows.pipeline.warm_up), at the
+    lowest CPU priority: register's canary takes that server and checks the version against it;
+    a run that ends before register stops it (`discard_spare`)."""
     from data2model import canary
     from data2model.params import load_params
 
@@ -277,6 +278,7 @@ def test_a_prestarted_canary_server_is_the_one_register_takes_and_an_unused_one_
     canary.prestart(params)  # a second call keeps the one server
     assert len(canary._SPARE) == 1
     prestarted = canary._SPARE[0][1]
+    assert os.getpriority(os.PRIO_PROCESS, prestarted.proc.pid) == 19
     with canary.canary_started(params, MODEL) as started:
         assert started.server is prestarted and not canary._SPARE
         assert started.serve(champion)(MODEL, str(champion))["passed"]
