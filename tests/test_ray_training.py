@@ -322,3 +322,40 @@ def test_only_several_xgboost_workers_make_the_controller_import_xgboost(workers
     code = "import pickle, sys; pickle.loads(sys.stdin.buffer.read()); print('xgboost' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(config), capture_output=True, check=True).stdout
     assert out.decode().strip() == str(imports_xgboost)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_local_rays_trainer_drops_only_the_placement_group_cleaner(workers):
+    """On a Ray that init_ray started, fit's controller runs without Ray Train's placement-group
+    cleaner (a process per fit, and a wait at its start and stop) and with every other callback;
+    the one-worker backend (a functools.partial) is kept."""
+    from ray.train import BackendConfig
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    from ray.train.xgboost import XGBoostConfig, XGBoostTrainer
+
+    from data2model.trainers import local_trainer
+
+    stock = xgboost_ray.trainer_class(workers)(lambda: None)
+    local = local_trainer(xgboost_ray.trainer_class(workers))(lambda: None)
+    names = [type(cb).__name__ for cb in stock._create_default_callbacks()]
+    assert PlacementGroupCleanerCallback.__name__ in names  # where Ray Train 2.60 adds it
+    assert [type(cb).__name__ for cb in local._create_default_callbacks()] == [n for n in names if n != PlacementGroupCleanerCallback.__name__]
+    assert type(local.backend_config) is (XGBoostConfig if workers > 1 else BackendConfig)
+    assert isinstance(local, XGBoostTrainer) and type(local).__name__ == "XGBoostTrainer"
+
+
+def test_only_a_ray_that_init_ray_started_counts_as_local(ray_cluster):
+    """The Ray a caller started (here the fixture's) keeps Ray Train's defaults; one init_ray
+    starts (a fresh interpreter, no RAY_ADDRESS) is local. Started for real: about 5 s."""
+    import subprocess
+    import sys
+
+    from data2model.trainers import started_here
+
+    assert not started_here()
+    code = ("from data2model.trainers import init_ray, started_here; from data2model.params import Train; "
+            "print(started_here()); init_ray(Train()); print(started_here())")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["False", "True"]

@@ -62,6 +62,7 @@ class TrainOutcome:
 
 
 _RAY_INIT = threading.Lock()
+_STARTED: set[str] = set()  # the GCS address of each local Ray that _init_ray started
 
 
 def init_ray(params: Train) -> None:
@@ -103,6 +104,8 @@ def _init_ray(params: Train) -> None:
             if not address:
                 raise
             raise D2MError(join_failed(address, err)) from None
+        if not address:
+            _STARTED.add(ray.get_runtime_context().gcs_address)
     resources = ray.cluster_resources()
     available = resources.get("CPU", 0)
     if available < needed:
@@ -151,6 +154,41 @@ def ray_env(local: bool = True) -> dict[str, str]:
     if local:
         env[PREEMPTION_WATCHER] = os.environ.get(PREEMPTION_WATCHER, "0")
     return env
+
+
+def started_here() -> bool:
+    """Whether the Ray this process is connected to is a local one that `init_ray` started (not
+    a cluster joined through RAY_ADDRESS, nor a Ray that the caller started)."""
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().gcs_address in _STARTED
+
+
+def local_trainer(trainer_cls: Any) -> Any:
+    """`trainer_cls` (a Ray Train trainer, or a functools.partial of one) without Ray Train's
+    placement-group cleaner, for a Ray that `init_ray` started in this process.
+
+    The cleaner is a detached actor per `fit` that polls the cluster every second and removes
+    the workers' placement group if the controller dies without doing it: on a cluster, that
+    reservation would otherwise outlive the run. A local Ray ends with this process, and its
+    placement groups with it. On a warm local Ray at 1x, `fit` took 17.27-17.63 s with the
+    cleaner (4 fits) and 15.29-16.10 s without (3 fits): a process started beside the
+    controller's, the controller's wait to register the group with it, and its stop, which waits
+    up to a poll. Ray Train has no setting for it, so this subclass drops it from the callbacks
+    its controller is given."""
+    import functools
+
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    if isinstance(trainer_cls, functools.partial):
+        return functools.partial(local_trainer(trainer_cls.func), *trainer_cls.args, **trainer_cls.keywords)
+
+    class Local(trainer_cls):
+        def _create_default_callbacks(self) -> list[Any]:
+            return [cb for cb in super()._create_default_callbacks() if not isinstance(cb, PlacementGroupCleanerCallback)]
+
+    Local.__name__ = Local.__qualname__ = trainer_cls.__name__
+    return Local
 
 
 def check_reachable(address: str, timeout: float = 5) -> None:
@@ -207,6 +245,8 @@ def run_ray_training(trainer_cls: Any, train_loop: Any, config: dict[str, Any], 
     rows = sum(n for _, n in splits["train"])
     collector = telemetry.start_collector()
     p = job.params
+    if started_here():
+        trainer_cls = local_trainer(trainer_cls)
     trainer = trainer_cls(
         train_loop,
         train_loop_config={**config, "splits": splits, "telemetry": collector, "checkpoint_every": p.checkpoint_every},
