@@ -21,9 +21,9 @@ from data2model import calibration as cal
 from data2model import tracking
 from data2model.params import Calibration, Params
 from data2model.preprocess import LABEL, Preprocessor
-from data2model.scoring import load_scorer
+from data2model.scoring import scored_split
 from data2model.stage import main
-from data2model.tables import atomic_dir, read_json, read_table
+from data2model.tables import atomic_dir, read_json
 
 log = logging.getLogger("data2model.calibrate")
 RELIABILITY_SCHEMA = pa.schema([("mean_predicted", pa.float64()), ("fraction_positive", pa.float64()), ("count", pa.int64())])
@@ -70,9 +70,8 @@ def run(params: Params) -> dict[str, Any]:
     from tasks.evaluate import draw
 
     pre = Preprocessor.load(params.paths.preprocessor)
-    scorer = load_scorer(params.paths.model_dir)
-    valid, test = (read_table(params.paths.split(part)) for part in ("valid", "test"))
-    calibrator, report, plots = calibrate(pre.task, valid[LABEL].to_numpy(), scorer.predict(valid), test[LABEL].to_numpy(), scorer.predict(test), params.calibration)
+    (valid, valid_scores), (test, test_scores) = (scored_split(params.paths.model_dir, params.paths.split(part)) for part in ("valid", "test"))
+    calibrator, report, plots = calibrate(pre.task, valid[LABEL].to_numpy(), valid_scores, test[LABEL].to_numpy(), test_scores, params.calibration)
     tracking.configure(params)
     with tracking.resume_run(read_json(params.paths.train_report)["run_id"]), atomic_dir(params.paths.calibration_plots) as folder:
         mlflow.log_metrics({f"calibration_{k}": v for k, v in report.items() if isinstance(v, float)})

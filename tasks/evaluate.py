@@ -15,9 +15,9 @@ from data2model import tracking
 from data2model.calibration import Calibrator, reliability
 from data2model.params import Params
 from data2model.preprocess import LABEL, Preprocessor
-from data2model.scoring import decide, load_scorer
+from data2model.scoring import decide, scored_split
 from data2model.stage import main
-from data2model.tables import atomic_dir, read_json, read_table
+from data2model.tables import atomic_dir, read_json
 
 log = logging.getLogger("data2model.evaluate")
 ROC_POINTS = 200
@@ -134,13 +134,13 @@ def run(params: Params) -> dict[str, Any]:
     from data2model.tables import write_json
 
     pre = Preprocessor.load(params.paths.preprocessor)
-    scorer, calibrator = load_scorer(params.paths.model_dir), Calibrator.load(params.paths.calibrator)
+    calibrator = Calibrator.load(params.paths.calibrator)
     threshold = 0.5
     if pre.task == "binary":
-        valid = read_table(params.paths.split("valid"))
-        threshold = choose_threshold(valid[LABEL].to_numpy(), calibrator.apply(scorer.predict(valid)), params.evaluate.threshold)
-    test = read_table(params.paths.split("test"))
-    found, plots = evaluate(test, calibrator.apply(scorer.predict(test)), pre, threshold)
+        valid, valid_scores = scored_split(params.paths.model_dir, params.paths.split("valid"))
+        threshold = choose_threshold(valid[LABEL].to_numpy(), calibrator.apply(valid_scores), params.evaluate.threshold)
+    test, test_scores = scored_split(params.paths.model_dir, params.paths.split("test"))
+    found, plots = evaluate(test, calibrator.apply(test_scores), pre, threshold)
     if pre.task == "binary":
         found["threshold"] = threshold
     tracking.configure(params)

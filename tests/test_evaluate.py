@@ -179,3 +179,38 @@ def test_evaluate_reports_task_rows_and_metrics():
     assert found["task"] == "regression" and found["rows"] == 4
     assert found["mae"] == pytest.approx(0.75)
     assert set(plots) == {"predicted_vs_actual"}
+
+
+def test_a_split_is_scored_once_per_model_and_again_after_either_changes(tmp_path):
+    """calibrate and then evaluate, in one `d2m run` process, score the same splits with the same
+    model: the second gets the first's scores, read-only; a new model file or a rewritten split
+    is scored again."""
+    import os
+
+    import pyarrow.parquet as pq
+    import xgboost
+
+    from data2model import scoring
+    from data2model.trainers import write_meta
+    from data2model.trainers.xgboost_ray import MODEL_FILE
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 2))
+    model_dir, split = tmp_path / "model", tmp_path / "valid.parquet"
+
+    def train(rounds: int) -> None:
+        booster = xgboost.train({"objective": "binary:logistic"}, xgboost.DMatrix(x, label=x[:, 0] > 0, feature_names=["a", "b"]), rounds)
+        write_meta(model_dir, {"framework": "xgboost", "feature_names": ["a", "b"], "feature_types": ["float", "float"]})
+        booster.save_model(model_dir / MODEL_FILE)
+
+    train(3)
+    pq.write_table(pa.table({"a": x[:, 0], "b": x[:, 1], LABEL: (x[:, 0] > 0).astype(int)}), split)
+    table, first = scoring.scored_split(model_dir, split)
+    assert table.num_rows == 200 and first.shape == (200,) and not first.flags.writeable
+    assert scoring.scored_split(model_dir, split)[1] is first
+    train(6)
+    os.utime(model_dir / MODEL_FILE, ns=(1, 1))  # a new mtime, whatever the clock's resolution
+    retrained = scoring.scored_split(model_dir, split)[1]
+    assert retrained is not first and not np.allclose(retrained, first)
+    pq.write_table(pa.table({"a": x[:100, 0], "b": x[:100, 1], LABEL: np.zeros(100, dtype=int)}), split)
+    assert scoring.scored_split(model_dir, split)[1].shape == (100,)

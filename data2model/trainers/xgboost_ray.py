@@ -165,8 +165,25 @@ class Rounds:
 _MAXIMIZE = {"auc", "aucpr", "map", "ndcg"}
 
 
+def import_without_sklearn() -> None:
+    """Import xgboost without scikit-learn, in a process that has imported neither.
+
+    xgboost.compat imports scikit-learn only to base its scikit-learn estimators on it, and
+    treats an ImportError as "not installed". A training worker never uses those estimators,
+    and the import took 0.6 s of the worker's 0.86 s `import ray.train.xgboost`, on `fit`'s
+    path. scikit-learn stays importable: it is hidden during xgboost's import only."""
+    if "xgboost" in sys.modules or "sklearn" in sys.modules:
+        return
+    sys.modules["sklearn"] = None  # type: ignore[assignment]  # `import sklearn` raises ImportError
+    try:
+        import xgboost  # noqa: F401
+    finally:
+        del sys.modules["sklearn"]
+
+
 def _train_loop(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker; continues from Ray Train's latest checkpoint if any."""
+    import_without_sklearn()
     import ray.train
     import xgboost
     from ray.train.xgboost import RayTrainReportCallback
