@@ -27,6 +27,15 @@ class Scorer(Protocol):
     def predict(self, features: pa.Table) -> np.ndarray: ...
 
 
+def preload(framework: str) -> None:
+    """Import ahead what `load_scorer` needs for a model of `framework` (a process waiting for
+    one: the canary's server). XGBoost without scikit-learn, which its Scorer never uses."""
+    module = importlib.import_module(f"data2model.trainers.{MODULES[framework]}")
+    if framework == "xgboost":
+        module.import_without_sklearn()
+    importlib.import_module(framework)
+
+
 def load_scorer(model_dir: str | Path) -> Scorer:
     model_dir = Path(model_dir)
     meta_path = model_dir / META

@@ -41,12 +41,16 @@ class Loaded:
     loaded_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
-def load_version(name: str, version: str) -> Loaded:
+def load_version(name: str, version: str, check_environment: bool = True) -> Loaded:
+    """Load `version` of `name`. MLflow checks that this environment satisfies the model's
+    requirements (a warning naming each mismatch; 0.5 s of reading every installed package's
+    metadata on the first load): `check_environment=False` skips it, for the canary, whose
+    server runs in the environment that logged the model."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
-        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}", suppress_warnings=not check_environment)
     except MlflowException as err:
         raise D2MError(f"{name} version {version} cannot be loaded: {err.message}") from None
     schema = model.metadata.get_input_schema()
@@ -59,13 +63,13 @@ class AliasSlot:
     """The model an alias points to, reloaded when the alias moves; or one pinned version
     (`alias` None), which the canary serves before a promotion."""
 
-    def __init__(self, client, name: str, alias: str | None, poll_seconds: float, version: str | None = None):
+    def __init__(self, client, name: str, alias: str | None, poll_seconds: float, version: str | None = None, check_environment: bool = True):
         self.client, self.name, self.alias, self.poll_seconds = client, name, alias, poll_seconds
         if alias is not None:
             version = alias_version(client, name, alias)
             if version is None:
                 raise D2MError(f"no version of registered model {name!r} has alias {alias!r}: run the pipeline (d2m run) or `d2m promote` a version first")
-        self.current = load_version(name, str(version))
+        self.current = load_version(name, str(version), check_environment)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -186,13 +190,18 @@ def serve(params, host: str, port: int, alias: str | None, poll_seconds: float, 
     configure_logging()  # alias moves and inference-log trouble are reported on stderr
     tracking.configure(params)
     name = params.register.model_name
-    if version == "-":  # the canary started this server before the version existed: it is named on stdin
+    canary = version == "-"
+    if canary:  # the canary started this server before the version existed: it is named on stdin
         import mlflow.pyfunc  # noqa: F401 - what loading it needs, imported while waiting
 
+        from data2model.scoring import preload
+
+        preload(params.train.framework)  # the version being registered was trained with it
         version = sys.stdin.readline().strip()
         if not version:
             raise D2MError("--version -: no version came on stdin")
-    slot = AliasSlot(mlflow.MlflowClient(), name, None if version else alias, poll_seconds, version)
+    # The canary runs in the environment that has just logged the model: no requirements check.
+    slot = AliasSlot(mlflow.MlflowClient(), name, None if version else alias, poll_seconds, version, check_environment=not canary)
     inference_log = InferenceLog(params.serve.log) if params.serve.log.enabled and log_requests else None
     app = create_app(slot, params.serve.max_rows, int(params.serve.max_body_mb * 1024 * 1024), inference_log)
     following = f"following @{alias} every {poll_seconds:g} s" if slot.alias else "pinned: the alias is not followed"

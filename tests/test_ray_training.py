@@ -343,6 +343,17 @@ def test_the_training_workers_xgboost_import_leaves_out_sklearn_and_only_it():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "True"
 
 
+def test_the_canarys_preload_imports_xgboost_and_its_scorer_without_sklearn():
+    """What the canary's server imports while it waits for the version's number: the model's
+    framework and its Scorer, not scikit-learn, which serving never uses."""
+    import subprocess
+    import sys
+
+    code = "import sys; from data2model.scoring import preload; preload('xgboost'); print(sorted(m for m in ('xgboost', 'sklearn', 'data2model.trainers.xgboost_ray') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "['data2model.trainers.xgboost_ray', 'xgboost']"
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_local_rays_trainer_drops_only_the_placement_group_cleaner(workers):
     """On a Ray that init_ray started, fit's controller runs without Ray Train's placement-group
