@@ -29,11 +29,11 @@ class Scorer(Protocol):
 
 def preload(framework: str) -> None:
     """Import ahead what `load_scorer` needs for a model of `framework` (a process waiting for
-    one: the canary's server). XGBoost without scikit-learn, which its Scorer never uses."""
+    one: the canary's server): the trainer's module, and what its own `preload`, if it has one,
+    imports besides (XGBoost's: XGBoost without scikit-learn, which its Scorer never uses)."""
     module = importlib.import_module(f"data2model.trainers.{MODULES[framework]}")
-    if framework == "xgboost":
-        module.import_without_sklearn()
-    importlib.import_module(framework)
+    if hasattr(module, "preload"):
+        module.preload()
 
 
 def load_scorer(model_dir: str | Path) -> Scorer:

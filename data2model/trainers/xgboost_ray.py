@@ -181,6 +181,11 @@ def import_without_sklearn() -> None:
         del sys.modules["sklearn"]
 
 
+def preload() -> None:
+    """What the Scorer imports when it loads a model, ahead of it (`scoring.preload`)."""
+    import_without_sklearn()
+
+
 def _train_loop(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker; continues from Ray Train's latest checkpoint if any."""
     import_without_sklearn()
